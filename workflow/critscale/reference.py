@@ -16,15 +16,15 @@ def _softmax_response(valid: np.ndarray, gaps: np.ndarray, counts: np.ndarray, b
     """Direct softmax of one row at inverse temperature ``beta``."""
     if not np.isfinite(beta):
         return [np.nan] * len(RESPONSE_NAMES)
-    logits = beta * (valid - valid.max())
-    z = np.exp(logits).sum()
-    weights = np.exp(logits) / z
+    weights = np.exp(beta * (valid - valid.max()))
+    z = weights.sum()
+    weights /= z
     nonzero = weights[weights > 0]
     entropy = -np.sum(nonzero * np.log(nonzero))
-    top = np.sort(weights)[::-1]
-    second = top[1] if len(top) > 1 else 0.0
+    first = weights.max()
+    second = np.partition(weights, -2)[-2] if len(weights) > 1 else 0.0
     envelope = np.max(np.log(counts) - beta * gaps)
-    return [np.log(z), entropy, top[0] - second, top[0] - top[-1], envelope]
+    return [np.log(z), entropy, first - second, first - weights.min(), envelope]
 
 
 def reference_row(row: np.ndarray, grids: Grids) -> dict[str, object]:
@@ -67,7 +67,9 @@ def reference_row(row: np.ndarray, grids: Grids) -> dict[str, object]:
         keep = positive & (np.log(counts) > r)
         resolved.append(np.max((np.log(counts[keep]) - r) / gaps[keep]) if keep.any() else 0.0)
     response = [_softmax_response(valid, gaps, counts, b) for b in grids.beta]
-    response_rel = [_softmax_response(valid, gaps, counts, rho * scale) for rho in grids.rho]
+    with np.errstate(invalid="ignore"):  # rho * inf at rho = 0 for tied rows: undefined, NaN
+        relative_betas = [rho * scale for rho in grids.rho]
+    response_rel = [_softmax_response(valid, gaps, counts, b) for b in relative_betas]
     return {
         "n_keys": n,
         "ties": ties,

@@ -160,3 +160,14 @@ def write_scores(path, values: np.ndarray, *, unit, n_index: int, rows) -> None:
     padded = np.full(values.shape[:-1] + (array.shape[-1],), np.nan, dtype=array.dtype)
     padded[..., : values.shape[-1]] = values
     array[unit, n_index, rows, :] = padded
+
+
+def store_checksum(path, variable: str = "scores") -> str:
+    """Checksum of the stored chunks of one variable (its data as written, not its metadata)."""
+    root = Path(path) / variable
+    chunks = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(str(chunk.relative_to(root)).encode())
+        digest.update(chunk.read_bytes())
+    return f"sha256:{digest.hexdigest()}"

@@ -1,0 +1,176 @@
+"""Per-row quantities against the plain reference, and the theorems as properties."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from critscale.gapstats import RESPONSE_NAMES, Grids, doubling_parents, octave_grid, row_statistics
+from critscale.reference import reference_row
+
+GRIDS = Grids(
+    t=np.linspace(0, 4, 9),
+    resolutions=[0.0, 0.5, 1.0, 3.0],
+    beta=np.concatenate([[0.0], octave_grid(2**-6, 2**7, 2)]),
+    rho=np.concatenate([[0.0], octave_grid(2**-4, 2**4, 2)]),
+)
+SCALARS = ("n_keys", "ties", "accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy")
+# The responses square exp(-beta D) along doubling chains (<= 2^10 ulp) and sum in another
+# order than the reference: agreement to 1e-10 relative is what float64 allows here.
+RTOL = 1e-10
+
+
+def assert_matches_reference(rows, grids=GRIDS):
+    fast = row_statistics(rows, grids)
+    for i, row in enumerate(rows):
+        ref = reference_row(row, grids)
+        for name in SCALARS + ("gap_count", "resolved_scale"):
+            np.testing.assert_allclose(
+                np.asarray(fast[name][i], float), np.asarray(ref[name], float), rtol=1e-12, err_msg=f"row {i} {name}"
+            )
+        for j, name in enumerate(RESPONSE_NAMES):
+            np.testing.assert_allclose(fast[name][i], ref["response"][:, j], rtol=RTOL, atol=1e-13, err_msg=f"row {i} {name}")
+            np.testing.assert_allclose(
+                fast[name + "_rel"][i], ref["response_rel"][:, j], rtol=RTOL, atol=1e-13, err_msg=f"row {i} {name}_rel"
+            )
+
+
+def padded(rows):
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def test_random_rows_match_reference():
+    rng = np.random.default_rng(1)
+    rows = [rng.normal(size=n) * scale for n in (2, 3, 17, 256, 1000) for scale in (1e-3, 1.0, 30.0)]
+    assert_matches_reference(padded(rows))
+
+
+def test_adversarial_rows_match_reference():
+    rng = np.random.default_rng(2)
+    rows = [
+        np.array([1.0]),  # n = 1
+        np.array([np.nan, np.nan]),  # nothing visible
+        np.array([2.0, 2.0, 1.0]),  # tie at the maximum
+        np.array([5.0, 5.0, 5.0, 5.0]),  # all tied
+        np.array([1.0, np.nan, -np.inf, 0.5, 0.5, 0.2]),  # masked keys, ties below the top
+        np.array([1e6, 1e6 - 1e-3, -1e6]),  # huge scale
+        np.array([1e-12, 0.0, -1e-12]),  # tiny scale
+        rng.normal(size=300).astype(np.float16).astype(np.float64),  # float16 input: many ties
+        np.repeat([3.0, 1.0, 0.0], [1, 50, 50]),  # simplex-like steps
+    ]
+    assert_matches_reference(padded(rows))
+
+
+def test_float16_input_accepted():
+    rows = np.random.default_rng(3).normal(size=(4, 64)).astype(np.float16)
+    fast = row_statistics(rows, GRIDS)
+    assert_matches_reference(rows.astype(np.float64))
+    assert fast["accumulation_scale"].shape == (4,)
+
+
+def test_positive_infinity_is_rejected():
+    with pytest.raises(ValueError, match=r"\+inf"):
+        row_statistics(np.array([[1.0, np.inf]]), GRIDS)
+
+
+def test_ties_reported_as_infinite_scale():
+    out = row_statistics(np.array([[2.0, 2.0, 1.0, 0.0]]), GRIDS)
+    assert out["ties"][0] == 2
+    assert np.isposinf(out["accumulation_scale"][0])
+    assert out["contact_gap"][0] == 0.0
+    # max weight <= 1/N(0) and H >= log N(0) at every beta
+    assert np.all(np.exp(-out["free_energy"][0]) <= 0.5 + 1e-15)
+    assert np.all(out["entropy"][0] >= np.log(2) - 1e-12)
+    assert np.all(np.isnan(out["free_energy_rel"][0]))
+
+
+def test_simplex_closed_form():
+    for n in (2, 10, 1000):
+        row = np.concatenate([[1.5], np.full(n - 1, 0.25)])
+        out = row_statistics(row[None], GRIDS)
+        assert out["accumulation_scale"][0] == pytest.approx(np.log(n) / 1.25, rel=1e-14)
+        assert out["contact_gap"][0] == pytest.approx(1.25)
+        assert out["contact_exponent"][0] == pytest.approx(1.0)
+
+
+def test_leading_dimensions_preserved():
+    rows = np.random.default_rng(4).normal(size=(2, 3, 50))
+    out = row_statistics(rows, GRIDS)
+    assert out["accumulation_scale"].shape == (2, 3)
+    assert out["free_energy"].shape == (2, 3, len(GRIDS.beta))
+
+
+def test_results_do_not_depend_on_batching():
+    rows = np.random.default_rng(5).normal(size=(37, 300))
+    whole = row_statistics(rows, GRIDS)
+    pieces = [row_statistics(rows[i : i + 5], GRIDS) for i in range(0, 37, 5)]
+    for name, value in whole.items():
+        np.testing.assert_array_equal(value, np.concatenate([p[name] for p in pieces]), err_msg=name)
+
+
+def test_octave_grid_doubles_exactly():
+    grid = octave_grid(0.01, 100.0, 4)
+    parents = doubling_parents(grid)
+    assert grid[0] == 0.01 and grid[-1] <= 100.0 * (1 + 1e-12)
+    linked = parents >= 0
+    np.testing.assert_array_equal(grid[linked], 2 * grid[parents[linked]])
+    assert linked.sum() > len(grid) // 2
+
+
+row_strategy = arrays(
+    np.float64,
+    st.integers(1, 60),
+    elements=st.one_of(
+        st.floats(-50, 50, allow_nan=False, width=64),
+        st.sampled_from([0.0, 1.0, -1.0, np.nan]),  # repeats make ties; NaN masks a key
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(row_strategy)
+def test_hypothesis_rows_match_reference(row):
+    assert_matches_reference(row[None])
+
+
+@settings(max_examples=150, deadline=None)
+@given(row_strategy)
+def test_theorem_inequalities(row):
+    """theory.md, "What is proved": every inequality on every row."""
+    out = {k: v[0] for k, v in row_statistics(row[None], GRIDS).items()}
+    n = out["n_keys"]
+    if n == 0:
+        return
+    lam, alpha = out["accumulation_scale"], out["contact_exponent"]
+    for beta, f, s, dtop, h, spread in zip(
+        GRIDS.beta, out["free_energy"], out["laplace_envelope"], out["top_two_gap"], out["entropy"], out["weight_spread"]
+    ):
+        slack = 1e-9 * (1 + abs(f))
+        # Laplace envelope: S <= F <= S + log(1 + log n)
+        assert s <= f + slack
+        assert f <= s + np.log1p(np.log(n)) + slack
+        assert -1e-12 <= dtop <= 1 + 1e-12 and -1e-12 <= spread <= 1 + 1e-12
+        assert h >= -1e-12 and h <= np.log(n) + 1e-9
+        if not np.isfinite(lam):
+            # tie at the top: max weight <= 1/N(0), H >= log N(0)
+            assert np.exp(-f) <= 1 / out["ties"] + 1e-12
+            assert h >= np.log(out["ties"]) - 1e-9
+            continue
+        if beta > lam > 0:
+            assert np.exp(f) <= beta / (beta - lam) * (1 + 1e-9)
+        if n >= 2 and 0 < beta < lam:
+            rho = beta / lam
+            middle = rho * alpha * np.log(n) * n ** (-alpha * (1 - rho))
+            assert dtop <= middle * (1 + 1e-9) + 1e-12
+            assert middle <= rho / (np.e * (1 - rho)) * (1 + 1e-9) + 1e-12
+    # Lambda is the smallest L with N(t) <= exp(L t): check on the row's own gaps
+    gaps = np.sort(np.nanmax(row) - row[np.isfinite(row)])
+    if np.isfinite(lam) and n >= 2:
+        counts = np.searchsorted(gaps, gaps, side="right")
+        assert np.all(np.log(counts) <= lam * gaps * (1 + 1e-12) + 1e-12)
+        assert np.any(np.isclose(np.log(counts), lam * gaps, rtol=1e-12))

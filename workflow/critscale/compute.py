@@ -1,0 +1,146 @@
+"""The chunked Dask stage: any score store in, a statistics store out.
+
+Each block holds whole rows (the key axis is never split, the statistics need the full row) of
+one context length; rows are processed in batches whose size is set by a memory budget, so peak
+memory depends on the budget and the number of workers, not on the size of the store.  Every
+per-row result depends on that row alone (see :mod:`critscale.gapstats`), so the store is the same
+for any chunking, scheduler or number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from . import storage
+from .gapstats import Grids, feature_layout, pack
+
+#: Scalar per-row quantities that get (unit, n) quantile aggregates in the statistics store.
+AGGREGATED = ("accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "resolved_scale")
+INTEGER_QUANTITIES = ("n_keys", "ties", "gap_count")
+DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of rows
+
+
+def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int) -> np.ndarray:
+    """Packed statistics of a ``(unit, row, key)`` block, computed in memory-bounded batches."""
+    units, rows, keys = block.shape
+    flat = block.reshape(units * rows, keys)
+    # About eight float64 arrays the width of a row are alive at once inside pack().
+    batch = max(1, memory_budget // (8 * 8 * max(keys, 1)))
+    out = np.concatenate([pack(flat[i : i + batch], grids) for i in range(0, len(flat), batch)])
+    return out.reshape(units, rows, grids.width)
+
+
+def gap_statistics(
+    scores: xr.Dataset,
+    grids: Grids,
+    *,
+    quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
+    row_chunk: int = 64,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> xr.Dataset:
+    """Lazy statistics dataset of a score store (see ``storage`` for the layout).
+
+    Per row: every quantity of :func:`critscale.gapstats.row_statistics`; per ``(unit, n)``:
+    quantiles over rows of the scalar quantities (``<name>_quantiles``, ``inverted_cdf`` so that a
+    quantile is always an observed value and ``inf`` from ties never turns into NaN) and the number
+    of tied rows.  Variables of the score store without a ``key`` dimension (predictions) and its
+    attributes are carried over, so the statistics store is self-describing.
+    """
+    values = scores["scores"].data
+    row_chunk = max(1, min(int(row_chunk), values.shape[2]))
+    per_n = []
+    for i, n in enumerate(scores["n"].values):
+        block = values[:, i, :, : int(n)].rechunk((1, row_chunk, int(n)))
+        per_n.append(
+            block.map_blocks(
+                _pack_block,
+                grids,
+                memory_budget,
+                dtype=np.float64,
+                chunks=(block.chunks[0], block.chunks[1], (grids.width,)),
+                meta=np.empty((0, 0, 0)),
+            )
+        )
+    packed = da.stack(per_n, axis=1)  # (unit, n, row, feature)
+
+    coords = {name: coord for name, coord in scores.coords.items() if "key" not in coord.dims}
+    coords.update(t=grids.t, r=grids.resolutions, beta=grids.beta, rho=grids.rho)
+    variables = {}
+    for name, (where, dim) in feature_layout(grids).items():
+        array = packed[..., where]
+        if name in INTEGER_QUANTITIES:
+            array = array.astype(np.int64)
+        dims = ("unit", "n", "row") + ((dim,) if dim else ())
+        variables[name] = (dims, array)
+    stats = xr.Dataset(variables, coords=coords)
+    for name, var in scores.data_vars.items():
+        if "key" not in var.dims:
+            stats[name] = var
+
+    whole_rows = stats[list(AGGREGATED) + ["ties"]].chunk(row=-1)
+    for name in AGGREGATED:
+        stats[f"{name}_quantiles"] = whole_rows[name].quantile(
+            list(quantiles), dim="row", method="inverted_cdf", skipna=True
+        )
+    stats["tied_rows"] = (whole_rows["ties"] >= 2).sum("row")
+    stats.attrs = dict(scores.attrs)
+    stats.attrs["grids"] = json.dumps({k: getattr(grids, k).tolist() for k in ("t", "resolutions", "beta", "rho")})
+    return stats
+
+
+@contextmanager
+def dask_scheduler(spec: str, workers: int):
+    """Keyword arguments for ``dask.compute`` for a scheduler setting.
+
+    ``threads`` (default) and ``processes`` run locally with ``workers`` workers; ``synchronous``
+    runs in this thread; an address such as ``tcp://host:8786`` uses an existing
+    ``dask.distributed`` scheduler, so the heavy stage can run on a cluster.
+    """
+    if spec in ("threads", "processes"):
+        yield {"scheduler": spec, "num_workers": max(1, int(workers))}
+    elif spec == "synchronous":
+        yield {"scheduler": "synchronous"}
+    elif "://" in spec:
+        from distributed import Client
+
+        with Client(spec) as client:
+            yield {"scheduler": client}
+    else:
+        raise ValueError(
+            f"dask scheduler {spec!r} not understood: use 'threads', 'processes', 'synchronous' "
+            "or the address of a dask.distributed scheduler (e.g. 'tcp://host:8786')"
+        )
+
+
+def compute_statistics_store(
+    scores_path,
+    out_path,
+    grids: Grids,
+    *,
+    quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
+    row_chunk: int = 64,
+    scheduler: str = "threads",
+    workers: int = 1,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    config: dict | None = None,
+) -> None:
+    """Read a score store, compute its statistics with Dask, write the statistics store."""
+    scores = storage.open_store(scores_path)
+    stats = gap_statistics(
+        scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget
+    )
+    stats.attrs["statistics_provenance"] = storage.provenance(
+        config or {},
+        scores_store=str(scores_path),
+        scores_checksum=storage.store_checksum(scores_path),
+        scores_provenance=scores.attrs.get("provenance"),
+    )
+    write = storage.write_dataset(stats, out_path, compute=False)
+    with dask_scheduler(scheduler, workers) as kwargs:
+        dask.compute(write, **kwargs)

