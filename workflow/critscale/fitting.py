@@ -119,7 +119,7 @@ def _tied_rows(stats: xr.Dataset) -> np.ndarray:
     return np.isposinf(stats["accumulation_scale"].transpose("unit", "n", "row").values)
 
 
-def _unit_labels(stats: xr.Dataset) -> pd.DataFrame:
+def unit_labels(stats: xr.Dataset) -> pd.DataFrame:
     """``unit``, ``layer``, ``head`` per unit (NaN layer/head where the source has none)."""
     labels = {"unit": np.asarray(stats["unit"].values).astype(str)}
     for name in ("layer", "head"):
@@ -221,7 +221,7 @@ def _fit_status(median_lambda: np.ndarray) -> np.ndarray:
     return status
 
 
-def bootstrap_slopes(
+def _bootstrap_slopes(
     rows: _SortedRows,
     sequence_codes: np.ndarray,
     regressors: tuple[np.ndarray, ...],
@@ -281,6 +281,8 @@ def fit_source(
     if held_out < 1 or n_boot < 1:
         raise ValueError(f"held_out and n_boot must be >= 1, got {held_out} and {n_boot}")
     values, ladder, sequence_codes = _row_variables(stats)
+    if len(ladder) == 0:
+        raise ValueError("the store has no context length n >= 2 to fit")
     log_n = np.log(ladder.astype(np.float64))
     log_log_n = np.log(log_n)
     rows = _SortedRows(values)
@@ -288,7 +290,6 @@ def fit_source(
     log_medians = _positive_logs(medians)
     status = _fit_status(medians[0])
     fitted = status == "fitted"
-    
     fitted_logs = np.where(fitted[None, :, None], log_medians, np.nan)
     point = {
         "xi": _statsmodels_fits(log_log_n, fitted_logs[0]),
@@ -297,7 +298,7 @@ def fit_source(
         "power": _statsmodels_fits(log_n, fitted_logs[0]),
     }
 
-    slopes = bootstrap_slopes(rows, sequence_codes, (log_log_n, log_n), n_boot, seed)
+    slopes = _bootstrap_slopes(rows, sequence_codes, (log_log_n, log_n), n_boot, seed)
     slopes[..., ~fitted] = np.nan
     intervals = {
         "xi": _percentile_interval(slopes[:, 0, 0], level),
@@ -316,12 +317,11 @@ def fit_source(
     has_interval = np.isfinite(xi_low) & np.isfinite(xi_high)
     excludes_one = pd.array(np.where(has_interval, (xi_low > 1) | (xi_high < 1), None), dtype="boolean")
 
-    table = _unit_labels(stats)
+    table = unit_labels(stats)
     table.insert(0, "kind", stats.attrs.get("kind", ""))
     table.insert(0, "source", stats.attrs.get("source", ""))
     table["fit_status"] = status
-    table["n_min"] = int(ladder.min()) if len(ladder) else np.nan
-    table["n_max"] = int(ladder.max()) if len(ladder) else np.nan
+    table["n_min"], table["n_max"] = int(ladder[0]), int(ladder[-1])
     table["n_lengths"] = len(ladder)
     table["n_sequences"] = int(sequence_codes.max()) + 1
     table["tied_fraction"] = _tied_rows(stats).mean(axis=(1, 2))

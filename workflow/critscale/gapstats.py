@@ -185,7 +185,10 @@ def _response_grid(gaps, finite_gaps, n_keys, second_gap, last_gap, grid, scale)
                     terms = np.exp(np.multiply(g, -beta[:, None]))
             if children[position]:
                 kept[position] = terms
-            z = terms.sum(axis=1)
+            # The top key contributes exactly 1; summing the rest apart keeps F = log1p(rest)
+            # accurate when the other keys carry almost nothing (F ~ 1e-9 at large beta).
+            rest = terms[:, 1:].sum(axis=1)
+            z = 1.0 + rest
             z1 = np.vecdot(terms, gf)
             head = work[:, :envelope_width]
             with np.errstate(invalid="ignore"):
@@ -197,7 +200,7 @@ def _response_grid(gaps, finite_gaps, n_keys, second_gap, last_gap, grid, scale)
                 envelope_width = int(argmax.max()) + 1
             view = out[part, b]
             with np.errstate(divide="ignore", invalid="ignore"):
-                view[:, 0] = np.log(z)
+                view[:, 0] = np.log1p(rest)
                 view[:, 1] = view[:, 0] + beta * z1 / z
                 view[:, 2] = np.where(keys >= 2, -np.expm1(-beta * second_gap[part]), 1.0) / z
                 view[:, 3] = -np.expm1(-beta * last_gap[part]) / z

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from critscale.fitting import median_aggregates
+from critscale.fitting import median_aggregates, unit_labels
 
 #: Band of ``rho = beta / Lambda`` called critical in :func:`operating_points`.
 OPERATING_BAND = (0.5, 2.0)
@@ -78,15 +78,10 @@ def _medians(stats_or_medians: xr.Dataset) -> xr.Dataset:
 
 
 def _unit_columns(medians: xr.Dataset) -> pd.DataFrame:
-    """``source, unit, layer, head`` per unit (NaN layer/head where the source has none)."""
-    columns = {
-        "source": medians.attrs.get("source", ""),
-        "unit": np.asarray(medians["unit"].values).astype(str),
-    }
-    for name in ("layer", "head"):
-        present = name in medians.coords and medians[name].dims == ("unit",)
-        columns[name] = medians[name].values if present else np.nan
-    return pd.DataFrame(columns)
+    """``source, unit, layer, head`` per unit."""
+    labels = unit_labels(medians)
+    labels.insert(0, "source", medians.attrs.get("source", ""))
+    return labels
 
 
 def rule_drift(

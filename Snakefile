@@ -1,0 +1,25 @@
+# critscale: how softmax attention must be tempered as context grows.
+# Score sources -> gap statistics (Dask, Zarr) -> exponent fits -> theory check, figures, report.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/scores.smk"
+include: "workflow/rules/statistics.smk"
+include: "workflow/rules/fitting.smk"
+include: "workflow/rules/theory.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

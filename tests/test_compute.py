@@ -1,0 +1,97 @@
+"""The Dask stage: same store for any chunking, scheduler or worker count; carries metadata."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from critscale import compute, storage
+from critscale.gapstats import Grids, octave_grid, row_statistics
+
+GRIDS = Grids(t=np.linspace(0, 4, 5), resolutions=[0.0, 1.0], beta=octave_grid(0.125, 16, 2), rho=octave_grid(0.25, 4, 2))
+LADDER = [8, 32, 128]
+
+
+@pytest.fixture(scope="module")
+def scores_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scores") / "scores.zarr"
+    rng = np.random.default_rng(0)
+    storage.create_scores_store(
+        path, units=["a", "b"], n_ladder=LADDER, sequence=np.arange(10) // 2, row_chunk=4, key_chunk=16,
+        attrs={"source": "test", "kind": "family"},
+    )
+    for i, n in enumerate(LADDER):
+        values = rng.normal(size=(2, 10, n))
+        values[0, 3, : n // 2] = np.nan  # masked keys
+        values[1, 4, :2] = 5.0  # a tie at the top
+        storage.write_scores(path, values, unit=slice(None), n_index=i, rows=slice(None))
+    return path
+
+
+def stats_with(scores_path, tmp_path, name, **kwargs):
+    out = tmp_path / f"{name}.zarr"
+    compute.compute_statistics_store(scores_path, out, GRIDS, **kwargs)
+    return storage.open_store(out).load()
+
+
+def assert_same_store(a: xr.Dataset, b: xr.Dataset):
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_matches_row_statistics_and_carries_metadata(scores_path, tmp_path):
+    stats = stats_with(scores_path, tmp_path, "s")
+    scores = storage.open_store(scores_path).load()
+    for i, n in enumerate(LADDER):
+        direct = row_statistics(scores.scores.values[:, i, :, :n], GRIDS)
+        for name, value in direct.items():
+            np.testing.assert_array_equal(stats[name].isel(n=i).values, value, err_msg=name)
+    assert stats.attrs["source"] == "test"
+    assert json.loads(stats.attrs["statistics_provenance"])["scores_checksum"].startswith("sha256:")
+    assert list(stats.sequence.values) == list(np.arange(10) // 2)
+    assert int(stats.tied_rows.sel(unit="b").isel(n=0)) == 1
+    assert np.isposinf(stats.accumulation_scale.sel(unit="b").isel(row=4)).all()
+    # quantile aggregates are observed values (inverted CDF), inf-safe
+    median = stats.accumulation_scale_quantiles.sel(quantile=0.5, unit="a").values
+    expected = np.quantile(stats.accumulation_scale.sel(unit="a").values, 0.5, axis=-1, method="inverted_cdf")
+    np.testing.assert_array_equal(median, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"row_chunk": 3},
+        {"row_chunk": 10, "memory_budget": 1},  # one row per batch inside each block
+        {"scheduler": "processes", "workers": 2, "row_chunk": 4},
+        {"scheduler": "synchronous"},
+        {"scheduler": "threads", "workers": 2, "row_chunk": 7},
+    ],
+    ids=["chunk3", "tiny-budget", "processes", "synchronous", "threads2"],
+)
+def test_same_store_for_any_chunking_and_scheduler(scores_path, tmp_path, kwargs):
+    baseline = stats_with(scores_path, tmp_path, "base", row_chunk=4)
+    assert_same_store(baseline, stats_with(scores_path, tmp_path, "other", **kwargs))
+
+
+def test_same_store_on_a_distributed_cluster(scores_path, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_cluster = stats_with(scores_path, tmp_path, "cluster", scheduler=cluster.scheduler_address)
+    assert_same_store(stats_with(scores_path, tmp_path, "threads"), on_cluster)
+
+
+def test_unknown_scheduler_is_a_clear_error(scores_path, tmp_path):
+    with pytest.raises(ValueError, match="dask scheduler 'fast'"):
+        stats_with(scores_path, tmp_path, "bad", scheduler="fast")
+
+
+def test_store_opens_with_one_line_of_xarray(scores_path, tmp_path):
+    import warnings
+
+    stats_with(scores_path, tmp_path, "open")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback-to-unconsolidated warning
+        ds = xr.open_zarr(tmp_path / "open.zarr")
+    assert "accumulation_scale" in ds

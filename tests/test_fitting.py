@@ -1,0 +1,180 @@
+"""Exponent fits on statistics stores with known answers (``critscale.fitting``)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from critscale.fitting import LAWS, _SortedRows, fit_source, fits_to_dataset, median_aggregates
+from critscale.storage import open_store, write_dataset
+from synthetic_stats import LADDER, log_law_stats, stats_from_rows
+
+WIDE_LADDER = tuple(2**k for k in range(4, 22, 2))
+
+
+def test_weighted_median_equals_median_of_expanded_rows():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        rows = int(rng.integers(1, 9))
+        values = np.where(
+            rng.random((2, 3, rows)) < 0.5,
+            rng.normal(size=(2, 3, rows)),
+            rng.choice([0.5, 1.0, 2.0, np.inf, np.nan], size=(2, 3, rows)),
+        )
+        weights = rng.integers(0, 4, rows)
+        got = _SortedRows(values).medians(weights)
+        for index in np.ndindex(2, 3):
+            expanded = np.repeat(values[index], weights)
+            expanded = expanded[~np.isnan(expanded)]
+            expected = np.median(expanded) if expanded.size else np.nan
+            np.testing.assert_equal(got[index], expected)
+
+
+def test_recovers_known_exponents_within_their_intervals():
+    exponents = [0.5, 1.0, 1.3, 2.0]
+    # A 99% interval, so that all four covering is the expected outcome, not a coin toss.
+    fits = fit_source(log_law_stats(exponents, n_sequences=128, sigma=0.2), level=0.99)
+    assert list(fits["fit_status"]) == ["fitted"] * 4
+    for exponent, (_, fit) in zip(exponents, fits.iterrows()):
+        assert fit.xi_low <= exponent <= fit.xi_high
+        assert fit.xi_low < fit.xi < fit.xi_high
+        assert abs(fit.xi - exponent) < 0.15
+    assert list(fits["excludes_one"]) == [True, False, True, True]
+
+
+def test_interval_coverage_is_near_its_level():
+    fits = fit_source(log_law_stats(np.ones(80), n_sequences=64, seed=11), n_boot=200, level=0.9)
+    coverage = np.mean((fits["xi_low"] <= 1) & (1 <= fits["xi_high"]))
+    assert 0.75 <= coverage <= 0.99
+
+
+def test_bootstrap_resamples_sequences_not_rows():
+    # Eight rows per sequence, identical within the sequence: the data hold 16 independent
+    # draws, not 128, and the interval must say so.
+    exponents = [0.5, 1.0, 1.5, 2.0]
+    settings = dict(n_sequences=16, identical_within_sequence=True, seed=5)
+    correlated = log_law_stats(exponents, rows_per_sequence=8, **settings)
+    one_row_each = log_law_stats(exponents, rows_per_sequence=1, **settings)
+    as_if_independent = correlated.assign_coords(sequence=("row", np.arange(correlated.sizes["row"])))
+    by_sequence = fit_source(correlated)
+    by_row = fit_source(as_if_independent)
+    assert (by_sequence["n_sequences"] == 16).all() and (by_row["n_sequences"] == 128).all()
+    np.testing.assert_array_equal(by_sequence["xi"], by_row["xi"])
+    # Replicating every row eightfold changes no median, so resampling sequences gives exactly
+    # the interval of the 16 distinct rows: the copies add no information.
+    interval_columns = ["xi_low", "xi_high", "power_exponent_low", "power_exponent_high"]
+    pd.testing.assert_frame_equal(by_sequence[interval_columns], fit_source(one_row_each)[interval_columns])
+    width_ratio = (by_sequence["xi_high"] - by_sequence["xi_low"]) / (by_row["xi_high"] - by_row["xi_low"])
+    assert (width_ratio > 1).all() and width_ratio.mean() > 1.5
+
+
+@pytest.mark.parametrize(
+    "law, scale",
+    [
+        ("sqrt_log", lambda log_n: 2.0 * np.sqrt(log_n)),
+        ("log", lambda log_n: 0.7 * log_n),
+        ("log_squared", lambda log_n: 0.05 * log_n**2),
+        ("free", lambda log_n: 1.5 * log_n**1.3),
+        ("power", lambda log_n: 0.9 * np.exp(0.3 * log_n)),
+    ],
+)
+def test_law_winner_is_the_true_law_on_clean_data(law, scale):
+    log_n = np.log(np.asarray(WIDE_LADDER, dtype=np.float64))
+    rows = np.broadcast_to(scale(log_n)[None, :, None], (1, len(WIDE_LADDER), 5))
+    fit = fit_source(stats_from_rows(rows, n_ladder=WIDE_LADDER), n_boot=20).iloc[0]
+    assert fit.law_winner == law
+    assert fit[f"heldout_error_{law}"] < 1e-20
+    assert set(LAWS) == {column.removeprefix("heldout_error_") for column in fit.index if column.startswith("heldout_error_")}
+
+
+def test_power_exponent_of_polynomial_scale():
+    rng = np.random.default_rng(2)
+    n = np.asarray(LADDER, dtype=np.float64)
+    rows = n[None, :, None] ** 0.5 * np.exp(rng.normal(0, 0.1, (1, len(n), 64)))
+    fit = fit_source(stats_from_rows(rows)).iloc[0]
+    assert fit.power_exponent_low <= 0.5 <= fit.power_exponent_high
+    assert fit.law_winner == "power"
+
+
+def test_decomposition_is_exact_for_deterministic_alpha_and_gap():
+    log_n = np.log(np.asarray(LADDER, dtype=np.float64))[None, :, None]
+    shape = (1, len(LADDER), 10)
+    alpha = np.broadcast_to(0.2 * log_n**0.3, shape)
+    gap = np.broadcast_to(0.7 * log_n**0.8, shape)
+    stats = stats_from_rows(alpha * log_n / gap, contact_exponent=alpha, contact_gap=gap)
+    fit = fit_source(stats).iloc[0]
+    assert fit.xi_alpha == pytest.approx(0.3) and fit.xi_D == pytest.approx(0.8)
+    assert fit.xi == pytest.approx(0.5)
+    assert abs(fit.decomposition_residual) < 1e-12
+    assert fit.xi_high - fit.xi_low < 1e-12  # nothing to resample
+
+
+def test_decomposition_residual_is_reported_when_medians_do_not_compose():
+    stats = log_law_stats([1.0], n_sequences=40)  # even row count: medians of 1/x and x differ
+    fit = fit_source(stats).iloc[0]
+    assert np.isfinite(fit.decomposition_residual) and fit.decomposition_residual != 0
+    assert fit.xi_decomposed + fit.decomposition_residual == pytest.approx(fit.xi)
+
+
+def test_tied_units_are_reported_not_fitted():
+    stats = log_law_stats([1.0, 1.0, 1.0], n_sequences=50)
+    scale = stats["accumulation_scale"].values.copy()
+    scale[0, :, :30] = np.inf  # 60% tied: median inf
+    scale[1, :, :15] = np.inf  # 30% tied: median finite
+    fits = fit_source(stats_from_rows(scale))
+    assert list(fits["fit_status"]) == ["tied", "fitted", "fitted"]
+    assert fits["tied_fraction"].tolist() == pytest.approx([0.6, 0.3, 0.0])
+    tied = fits.iloc[0]
+    fit_columns = ["xi", "xi_low", "xi_high", "xi_se", "xi_alpha", "xi_D", "power_exponent"]
+    assert tied[fit_columns].isna().all() and pd.isna(tied.law_winner) and pd.isna(tied.excludes_one)
+    assert np.isfinite(fits.iloc[1][fit_columns].astype(float)).all()
+    medians = median_aggregates(stats_from_rows(scale))
+    assert np.isposinf(medians["median_lambda"].values[0]).all()
+
+
+def test_interval_is_withheld_when_many_replicates_are_tied():
+    stats = log_law_stats([1.0], n_sequences=50)
+    scale = stats["accumulation_scale"].values.copy()
+    scale[0, :, :23] = np.inf  # 46% tied: the point median is finite, many replicates are not
+    fit = fit_source(stats_from_rows(scale), level=0.9).iloc[0]
+    assert fit.fit_status == "fitted" and np.isfinite(fit.xi)
+    assert 0 < fit.boot_valid_fraction < 0.9
+    assert np.isnan(fit.xi_low) and np.isnan(fit.xi_high) and pd.isna(fit.excludes_one)
+
+
+def test_too_few_lengths_are_not_fitted_and_n_below_two_is_dropped():
+    rows = np.full((1, 3, 4), 2.0)
+    fit = fit_source(stats_from_rows(rows, n_ladder=(1, 64, 256))).iloc[0]
+    assert fit.fit_status == "too_few_lengths" and fit.n_min == 64 and fit.n_lengths == 2
+    assert np.isnan(fit.xi) and pd.isna(fit.law_winner)
+
+
+def test_fit_is_deterministic_for_a_seed_and_independent_of_chunking():
+    stats = log_law_stats([0.5, 1.0], n_sequences=16, rows_per_sequence=4, seed=1)
+    first = fit_source(stats, seed=7)
+    pd.testing.assert_frame_equal(first, fit_source(stats, seed=7))
+    pd.testing.assert_frame_equal(first, fit_source(stats.chunk({"unit": 1, "row": 16}), seed=7))
+    other = fit_source(stats, seed=8)
+    np.testing.assert_array_equal(first["xi"], other["xi"])
+    assert not np.array_equal(first["xi_low"], other["xi_low"])
+
+
+def test_model_labels_and_dataset_round_trip(tmp_path):
+    stats = log_law_stats(
+        [0.8, 1.2], n_sequences=8, rows_per_sequence=3, layer=[0, 1], head=[3, 3],
+        units=["L0H3", "L1H3"], source="model-x-corpus", kind="model",
+    )
+    fits = fit_source(stats, n_boot=50)
+    assert list(fits[["source", "kind", "unit", "layer", "head"]].itertuples(index=False, name=None)) == [
+        ("model-x-corpus", "model", "L0H3", 0, 3),
+        ("model-x-corpus", "model", "L1H3", 1, 3),
+    ]
+    assert json.loads(fits.attrs["provenance"])["config"]["fitting"]["n_boot"] == 50
+    write_dataset(fits_to_dataset(fits), tmp_path / "fits.zarr")
+    back = open_store(tmp_path / "fits.zarr").load()
+    np.testing.assert_array_equal(back["xi"].values, fits["xi"].to_numpy())
+    assert list(back["law_winner"].values) == list(fits["law_winner"])
+    assert list(back["unit"].values) == ["L0H3", "L1H3"]
+    np.testing.assert_array_equal(back["excludes_one"].values, fits["excludes_one"].astype(float))
+    assert back.attrs["provenance"] == fits.attrs["provenance"]

@@ -1,0 +1,495 @@
+"""Figures of a study: gap counting, scale laws, the collapse, exponents, prescriptions.
+
+Every function takes xarray / pandas inputs (a statistics store, the fit table, prescription
+tables) and returns a :class:`matplotlib.figure.Figure` drawn on the Agg canvas, without pyplot,
+so that figures never accumulate in global state and no display is needed.  :func:`save` writes
+one to disk.
+
+Conventions:
+
+* Per ``(unit, n)`` the aggregate of per-row ``Lambda`` is the median over rows, as in
+  :mod:`critscale.fitting`; a tied row (``Lambda = inf``) enters it, so a median is infinite
+  exactly when at least half the rows are tied.  Infinite or NaN aggregates are not drawn; the
+  panel says how many lengths were left out.
+* A store with many units (layer x head) shows at most ``max_units`` of them, chosen by
+  :func:`select_units` to span the range of median ``Lambda`` at the largest ``n``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+#: Candidate laws of the fit table, simplest first (as in :data:`critscale.fitting.LAWS`).
+LAWS = ("sqrt_log", "log", "log_squared", "free", "power")
+LAW_LABELS = {
+    "sqrt_log": r"$\sqrt{\log n}$",
+    "log": r"$\log n$",
+    "log_squared": r"$(\log n)^2$",
+    "free": r"$(\log n)^\xi$",
+    "power": r"$n^p$",
+    "not scored": "not scored",
+}
+#: ``xi`` of the fixed laws, drawn as reference lines in the exponent table.
+REFERENCE_EXPONENTS = {r"$\sqrt{\log n}$": 0.5, r"$\log n$": 1.0, r"$(\log n)^2$": 2.0}
+REGIME_SHORT = {"subcritical": "sub", "critical": "crit", "supercritical": "super", "tied": "tied"}
+N_PALETTE = "viridis"
+CLOUD_ROWS = 24  # rows per n drawn in the light per-row cloud of the collapse plot
+MAX_ANNOTATED_CELLS = 400  # beyond this, heatmap numbers would be unreadable
+
+
+def _styled(function):
+    """Draw inside the study's seaborn style without changing global rcParams."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(nrows: int = 1, ncols: int = 1, panel=(5.0, 3.8), **subplot_kw):
+    """A fresh Agg figure and its axes as a 2-d array."""
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
+    return fig, axes
+
+
+def save(fig: Figure, path, dpi: int = 150) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix), creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+# --- selection and labels ---------------------------------------------------------------------
+
+
+@contextmanager
+def _quiet_nan_reductions():
+    """All-NaN slices (e.g. a length whose rows are all tied) are expected, not news."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.filterwarnings("ignore", message="All-NaN slice encountered")
+        yield
+
+
+def median_scale(stats: xr.Dataset) -> xr.DataArray:
+    """Median over rows of per-row ``Lambda``, ``(unit, n)``; ties count as ``inf``."""
+    with _quiet_nan_reductions():
+        return stats["accumulation_scale"].load().median("row", skipna=True)
+
+
+def select_units(stats: xr.Dataset, unit=None, max_units: int = 4) -> list[str]:
+    """Units to draw: ``unit`` (one label or a list), or all units if there are at most
+    ``max_units``, or else ``max_units`` units whose median ``Lambda`` at the largest ``n`` sits
+    at evenly spaced ranks (smallest to largest, infinite last), so the panels span the store."""
+    if unit is not None:
+        chosen = [unit] if isinstance(unit, str) else list(unit)
+        missing = sorted(set(chosen) - {str(u) for u in stats["unit"].values})
+        if missing:
+            raise KeyError(f"unit(s) {missing} not in the store {stats.attrs.get('source', '')!r}")
+        return chosen
+    labels = [str(u) for u in stats["unit"].values]
+    if len(labels) <= max_units:
+        return labels
+    largest = median_scale(stats.isel(n=[-1])).isel(n=0).values
+    order = np.argsort(np.where(np.isnan(largest), np.inf, largest), kind="stable")
+    ranks = np.unique(np.round(np.linspace(0, len(order) - 1, max_units)).astype(int))
+    return [labels[i] for i in order[ranks]]
+
+
+def _unit_title(stats: xr.Dataset, unit: str) -> str:
+    source = stats.attrs.get("source", "")
+    if "layer" in stats.coords and "head" in stats.coords:
+        labels = stats[["layer", "head"]].sel(unit=unit)
+        return f"{source}: layer {int(labels['layer'])}, head {int(labels['head'])}"
+    return source if unit == source else f"{source}: {unit}"
+
+
+def _n_label(n: int) -> str:
+    n = int(n)
+    exponent = n.bit_length() - 1
+    return f"$2^{{{exponent}}}$" if n == 2**exponent else str(n)
+
+
+def _n_colors(ladder) -> dict[int, tuple]:
+    colors = sns.color_palette(N_PALETTE, len(ladder))
+    return {int(n): color for n, color in zip(ladder, colors)}
+
+
+def _n_legend(ax, title: str = "n") -> None:
+    ax.legend(title=title, fontsize="small", title_fontsize="small", ncols=1 + (len(ax.get_lines()) > 8),
+              loc="best", frameon=True)
+
+
+def _fit_row(fits: pd.DataFrame | None, source: str, unit: str) -> pd.Series | None:
+    """The fit table's row of ``(source, unit)``, or None."""
+    if fits is None or fits.empty:
+        return None
+    match = fits[(fits["source"].astype(str) == source) & (fits["unit"].astype(str) == unit)]
+    return None if match.empty else match.iloc[0]
+
+
+# --- per-source figures -----------------------------------------------------------------------
+
+
+@_styled
+def gap_counting(stats: xr.Dataset, unit=None, max_units: int = 4) -> Figure:
+    """``log N(t)`` against the gap ``t``: median over rows, one line per ``n``.
+
+    ``N(t)`` is the number of keys within ``t`` of the row's maximum; its growth near ``t = 0``
+    sets ``Lambda`` (the steepest ray ``log N(t) <= Lambda t`` from the origin).
+    """
+    units = select_units(stats, unit, max_units)
+    ladder = [int(n) for n in stats["n"].values]
+    colors = _n_colors(ladder)
+    fig, axes = _figure(1, len(units))
+    t = stats["t"].values
+    for ax, label in zip(axes[0], units):
+        counts = stats["gap_count"].sel(unit=label).transpose("n", "row", "t").values.astype(np.float64)
+        with _quiet_nan_reductions():
+            # N(t) = 0 only for a row without keys (padding); it has no logarithm.
+            log_counts = np.nanmedian(np.log(np.where(counts > 0, counts, np.nan)), axis=1)
+        for n, curve in zip(ladder, log_counts):
+            ax.plot(t, curve, color=colors[n], lw=1.8, label=_n_label(n))
+        ax.set(xlabel=r"gap $t$ below the row maximum", ylabel=r"$\log N(t)$  (median over rows)",
+               title=_unit_title(stats, label), xlim=(t[0], t[-1]))
+        ax.set_ylim(bottom=0)
+        _n_legend(ax)
+    return fig
+
+
+def _free_law(fit: pd.Series | None, log_n: np.ndarray, median: np.ndarray):
+    """``(curve, label)`` of the fitted law ``c (log n)^xi``, or None without a fit.
+
+    ``c`` is the table's ``free_law_coefficient`` where present; otherwise the least-squares
+    intercept through the drawn medians (the same OLS the fit uses)."""
+    if fit is None or not np.isfinite(fit.get("xi", np.nan)):
+        return None
+    xi = float(fit["xi"])
+    coefficient = fit.get("free_law_coefficient", np.nan)
+    if not np.isfinite(coefficient):
+        usable = np.isfinite(median) & (median > 0)
+        coefficient = np.exp(np.mean(np.log(median[usable]) - xi * np.log(log_n[usable])))
+    interval = ""
+    if np.isfinite(fit.get("xi_low", np.nan)) and np.isfinite(fit.get("xi_high", np.nan)):
+        interval = f" [{fit['xi_low']:.2f}, {fit['xi_high']:.2f}]"
+    return coefficient * log_n**xi, rf"fit $c(\log n)^\xi$, $\xi$ = {xi:.2f}{interval}"
+
+
+@_styled
+def scale_vs_log_n(stats: xr.Dataset, fits: pd.DataFrame | None = None, unit=None, max_units: int = 4) -> Figure:
+    """Median ``Lambda_n`` (band: interquartile range over rows) against ``log n``, log-log.
+
+    Drawn with it: the fitted free law ``c (log n)^xi`` of ``fits`` (the row of this source and
+    unit), and, where the store carries them (synthetic families), the finite-``n`` prediction
+    (median of ``predicted_accumulation_scale``) and the asymptotic law.  On these axes a law
+    ``(log n)^xi`` is a straight line of slope ``xi``.
+    """
+    units = select_units(stats, unit, max_units)
+    source = str(stats.attrs.get("source", ""))
+    ladder = stats["n"].values.astype(np.int64)
+    log_n = np.log(ladder.astype(np.float64))
+    medians = median_scale(stats)
+    fig, axes = _figure(1, len(units), panel=(5.2, 4.0))
+    for ax, label in zip(axes[0], units):
+        rows = stats["accumulation_scale"].sel(unit=label).transpose("n", "row").values
+        median = medians.sel(unit=label).values
+        with _quiet_nan_reductions():
+            # inverted_cdf picks observed values, so an inf (tie) never meets a finite one in a sum.
+            low, high = np.nanquantile(rows, [0.25, 0.75], axis=1, method="inverted_cdf")
+        drawn = np.isfinite(median) & (median > 0)
+        band = drawn & np.isfinite(low) & np.isfinite(high) & (low > 0)
+        ax.fill_between(log_n[band], low[band], high[band], color="C0", alpha=0.2, lw=0,
+                        label="interquartile range over rows")
+        ax.plot(log_n[drawn], median[drawn], "o-", color="C0", lw=2, label=r"median $\Lambda_n$")
+        law = _free_law(_fit_row(fits, source, label), log_n, median)
+        if law is not None:
+            ax.plot(log_n, law[0], "-", color="C3", lw=1.5, label=law[1])
+        if "predicted_accumulation_scale" in stats:
+            predicted = stats["predicted_accumulation_scale"]
+            level_dim = next(d for d in predicted.dims if d != "n")
+            predicted = predicted.sel({level_dim: 0.5}, method="nearest").values
+            ax.plot(log_n, predicted, "--", color="k", lw=1.3, label=r"theory: predicted median at finite $n$")
+        if "asymptotic_accumulation_scale" in stats:
+            asymptotic = stats["asymptotic_accumulation_scale"].values
+            if np.isfinite(asymptotic).any():
+                ax.plot(log_n, asymptotic, ":", color="0.4", lw=1.3, label="theory: asymptotic law")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(log_n, [f"{v:.1f}" for v in log_n], minor=False)
+        ax.xaxis.set_minor_locator(NullLocator())
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(log_n, [_n_label(n) for n in ladder])
+        top.xaxis.set_minor_locator(NullLocator())
+        top.set_xlabel(r"$n$")
+        left_out = int((~drawn).sum())
+        title = _unit_title(stats, label)
+        if left_out:
+            title += f"\n({left_out} length(s) with infinite median, i.e. tied, not drawn)"
+        ax.set(xlabel=r"$\log n$", ylabel=r"median $\Lambda_n$ (accumulation scale)", title=title)
+        ax.legend(fontsize="small", loc="upper left")
+    return fig
+
+
+def _operating_rho(stats: xr.Dataset, label: str) -> np.ndarray:
+    """``rho`` of ``beta = 1`` per ``n``: ``1 / median Lambda_n`` (the model's own temperature)."""
+    with np.errstate(divide="ignore"):
+        return 1.0 / median_scale(stats).sel(unit=label).values
+
+
+@_styled
+def collapse(stats: xr.Dataset, unit=None, max_units: int = 3, mark_beta_one: bool | None = None,
+             seed: int = 0) -> Figure:
+    """The collapse: entropy and top-two gap against ``rho = beta / Lambda``, all ``n`` overlaid.
+
+    Entropy is normalised by its maximum ``log n`` (per row, ``n`` = visible keys), so both panels
+    run from 0 to 1.  Lines: median over rows per ``n``; faint lines: up to ``CLOUD_ROWS`` rows per
+    ``n``.  Tied rows (``Lambda = inf``) have no ``rho`` and are left out.  The theorem: below
+    ``rho = 1`` the top two stay unseparated, above it the entropy collapses; curves of all ``n``
+    fall on one.  For model stores (``mark_beta_one`` default) the model's own ``beta = 1`` is
+    marked on each median curve.
+    """
+    units = select_units(stats, unit, max_units)
+    mark_beta_one = stats.attrs.get("kind") == "model" if mark_beta_one is None else mark_beta_one
+    ladder = [int(n) for n in stats["n"].values]
+    colors = _n_colors(ladder)
+    rho = stats["rho"].values
+    rng = np.random.default_rng(seed)
+    fig, axes = _figure(len(units), 2, panel=(5.0, 3.6))
+    for axes_row, label in zip(axes, units):
+        entropy = stats["entropy_rel"].sel(unit=label).transpose("n", "row", "rho").values
+        gap = stats["top_two_gap_rel"].sel(unit=label).transpose("n", "row", "rho").values
+        keys = stats["n_keys"].sel(unit=label).transpose("n", "row").values.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = entropy / np.where(keys > 1, np.log(keys), np.nan)[..., None]
+        operating = _operating_rho(stats, label)
+        for ax, values, name in (
+            (axes_row[0], entropy, r"entropy $H / \log n$"),
+            (axes_row[1], gap, r"top-two gap $\Delta_{top}$"),
+        ):
+            for i, n in enumerate(ladder):
+                finite_rows = np.flatnonzero(np.isfinite(values[i]).any(axis=-1))
+                cloud = rng.choice(finite_rows, min(CLOUD_ROWS, len(finite_rows)), replace=False)
+                for row in cloud:
+                    ax.plot(rho, values[i, row], color=colors[n], lw=0.6, alpha=0.12)
+                with _quiet_nan_reductions():
+                    median = np.nanmedian(values[i], axis=0)
+                ax.plot(rho, median, color=colors[n], lw=2, label=_n_label(n))
+                if mark_beta_one and np.isfinite(operating[i]) and rho[0] <= operating[i] <= rho[-1]:
+                    at = np.interp(np.log(operating[i]), np.log(rho), median)
+                    ax.plot(operating[i], at, "o", ms=7, mfc=colors[n], mec="k", zorder=5)
+            ax.axvline(1.0, color="k", ls="--", lw=1)
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel=r"$\rho = \beta / \Lambda$", ylabel=f"{name} (median over rows)",
+                   title=_unit_title(stats, label), ylim=(-0.02, 1.02))
+        _n_legend(axes_row[1])
+        axes_row[0].text(1.05, 0.97, r"$\rho = 1$", transform=axes_row[0].get_xaxis_transform(), va="top")
+        if mark_beta_one:
+            axes_row[0].text(0.02, 0.03, r"$\bullet$ model's own $\beta = 1$", transform=axes_row[0].transAxes,
+                             fontsize="small")
+    return fig
+
+
+# --- fit-table figures ------------------------------------------------------------------------
+
+
+def _row_label(fits: pd.DataFrame) -> pd.Series:
+    """``source`` where a source has one unit named like itself, else ``source: unit``."""
+    source, unit = fits["source"].astype(str), fits["unit"].astype(str)
+    return source.where(source == unit, source + ": " + unit)
+
+
+@_styled
+def exponent_table(fits: pd.DataFrame) -> Figure:
+    """The fitted ``xi`` with its interval, one line per source and unit (point-range plot).
+
+    Colour: the law that wins on the held-out largest ``n``.  Reference lines at the exponents of
+    the published laws.  Each line is annotated with the value and interval (and the power of
+    ``n`` where the power law wins); units that could not be fitted say why.
+    """
+    if fits.empty:
+        raise ValueError("the fit table is empty")
+    table = fits.reset_index(drop=True).copy()
+    table["label"] = _row_label(table)
+    table["winner"] = table["law_winner"].fillna("not scored").astype(str)
+    y = np.arange(len(table))[::-1]
+    fig, axes = _figure(1, 1, panel=(8.5, 1.2 + 0.38 * len(table)))
+    ax = axes[0, 0]
+    winners = [law for law in (*LAWS, "not scored") if law in set(table["winner"])]
+    palette = dict(zip(winners, sns.color_palette("colorblind", len(winners))))
+    for reference, value in REFERENCE_EXPONENTS.items():
+        ax.axvline(value, color="0.5", ls=":", lw=1)
+        ax.text(value, 1.0, reference, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize="small", color="0.3")
+    for position, (_, fit) in zip(y, table.iterrows()):
+        xi = fit.get("xi", np.nan)
+        if not np.isfinite(xi):
+            status = fit.get("fit_status", "no finite exponent")
+            ax.text(1.0, position, f"not fitted ({status})", va="center", ha="center", fontsize="small",
+                    color="0.3", style="italic")
+            continue
+        low, high = fit.get("xi_low", np.nan), fit.get("xi_high", np.nan)
+        color = palette[fit["winner"]]
+        if np.isfinite(low) and np.isfinite(high):
+            ax.plot([low, high], [position, position], color=color, lw=2.5, solid_capstyle="butt")
+        ax.plot(xi, position, "o", color=color, ms=7, mec="k", mew=0.6)
+        text = f"{xi:.2f}" + (f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else "")
+        if fit["winner"] == "power" and np.isfinite(fit.get("power_exponent", np.nan)):
+            text += f";  $n^{{{fit['power_exponent']:.2f}}}$"
+        ax.text(1.01, position, text, transform=ax.get_yaxis_transform(), va="center", fontsize="small")
+    for law in winners:
+        ax.plot([], [], "o", color=palette[law], mec="k", mew=0.6, label=LAW_LABELS.get(law, law))
+    ax.set_yticks(y, table["label"])
+    ax.set_ylim(-0.7, len(table) - 0.3)
+    ax.set(xlabel=r"fitted exponent $\xi$ of median $\Lambda_n \propto (\log n)^\xi$ (interval: sequence bootstrap)",
+           ylabel="source")
+    ax.grid(axis="y", visible=False)
+    ax.legend(title="held-out winner", fontsize="small", title_fontsize="small",
+              loc="upper left", bbox_to_anchor=(1.22, 1.0))
+    return fig
+
+
+def _model_fits(fits: pd.DataFrame) -> pd.DataFrame:
+    models = fits[fits["kind"].astype(str) == "model"] if "kind" in fits else fits
+    models = models.dropna(subset=["layer", "head"])
+    if models.empty:
+        raise ValueError("the fit table has no model units (kind 'model' with layer and head)")
+    return models
+
+
+@_styled
+def xi_heatmap(fits: pd.DataFrame) -> Figure:
+    """``xi`` per layer (rows) and head (columns), one panel per model x corpus source.
+
+    Diverging colours centred on ``xi = 1`` (the ``log n`` law); ``*`` marks heads whose
+    interval excludes 1; grey cells were not fitted (tied or degenerate heads).
+    """
+    models = _model_fits(fits)
+    sources = list(dict.fromkeys(models["source"].astype(str)))
+    finite = models["xi"][np.isfinite(models["xi"])]
+    span = max(0.5, float(np.abs(finite - 1).max())) if len(finite) else 1.0
+    layers, heads = models["layer"].nunique(), models["head"].nunique()
+    fig, axes = _figure(1, len(sources), panel=(1.2 + 0.55 * heads, 1.0 + 0.4 * layers))
+    for ax, source in zip(axes[0], sources):
+        table = models[models["source"].astype(str) == source].copy()
+        table["layer"], table["head"] = table["layer"].astype(int), table["head"].astype(int)
+        xi = table.pivot_table(index="layer", columns="head", values="xi", aggfunc="first", dropna=False)
+        excludes = (table.assign(excludes=table["excludes_one"].astype("boolean").fillna(False).astype(bool))
+                    .pivot_table(index="layer", columns="head", values="excludes", aggfunc="first")
+                    .reindex_like(xi).fillna(False).astype(bool))
+        annotate = xi.size <= MAX_ANNOTATED_CELLS
+        labels = np.where(np.isfinite(xi.values), np.char.add(
+            np.char.mod("%.2f", np.nan_to_num(xi.values)), np.where(excludes.values, "*", "")), "")
+        ax.set_facecolor("0.85")  # not-fitted cells
+        sns.heatmap(xi, ax=ax, cmap="RdBu_r", center=1.0, vmin=1 - span, vmax=1 + span,
+                    annot=labels if annotate else False, fmt="", annot_kws={"fontsize": "x-small"},
+                    linewidths=0.5, linecolor="white",
+                    cbar_kws={"label": r"$\xi$  (1 = $\log n$ law)", "shrink": 0.8})
+        ax.set(xlabel="head", ylabel="layer", title=f"{source}: $\\xi$ per head  (* interval excludes 1)")
+    return fig
+
+
+@_styled
+def law_winners(fits: pd.DataFrame) -> Figure:
+    """How many units each candidate law wins on the held-out largest ``n``, per source."""
+    table = fits.assign(winner=fits["law_winner"].fillna("not scored").astype(str),
+                        source=fits["source"].astype(str))
+    order = [law for law in (*LAWS, "not scored") if law in set(table["winner"]) or law in LAWS]
+    sources = list(dict.fromkeys(table["source"]))
+    fig, axes = _figure(1, 1, panel=(max(6.0, 0.9 * len(order) * max(1, len(sources) / 2)), 4.0))
+    ax = axes[0, 0]
+    sns.countplot(data=table, x="winner", hue="source", order=order, hue_order=sources, ax=ax,
+                  palette="colorblind")
+    for container in ax.containers:
+        ax.bar_label(container, fontsize="x-small")
+    ax.set_xticks(range(len(order)), [LAW_LABELS.get(law, law) for law in order])
+    ax.set(xlabel="law with the lowest held-out error", ylabel="units (heads) won",
+           title=r"Which law of $\Lambda_n$ predicts the largest $n$ best")
+    ax.legend(title="source", fontsize="small", title_fontsize="small")
+    return fig
+
+
+@_styled
+def rule_drift(drift: pd.DataFrame) -> Figure:
+    """Distribution over units of each prescription's drift, best (smallest median) first.
+
+    Drift = spread over the ladder of ``log(beta_rule(n) / median Lambda_n)``: 0 means the rule
+    keeps a head at a constant distance from criticality.  Units with no finite drift (tied
+    heads) are counted in the title, not drawn.
+    """
+    table = drift.assign(source=drift["source"].astype(str) if "source" in drift else "")
+    usable = table[np.isfinite(table["drift"])]
+    if usable.empty:
+        raise ValueError("no finite drift in the rule-drift table")
+    order = list(usable.groupby("rule")["drift"].median().sort_values().index)
+    sources = list(dict.fromkeys(usable["source"]))
+    fig, axes = _figure(1, 1, panel=(max(6.5, 1.1 * len(order)), 4.2))
+    ax = axes[0, 0]
+    sns.boxplot(data=usable, x="rule", y="drift", hue="source", order=order, hue_order=sources, ax=ax,
+                showfliers=False, palette="pastel", legend=False)
+    sns.stripplot(data=usable, x="rule", y="drift", hue="source", order=order, hue_order=sources, ax=ax,
+                  dodge=len(sources) > 1, size=3, alpha=0.6, palette="dark")
+    left_out = len(table) - len(usable)
+    title = "Drift of each prescription from the measured scale (lower is better)"
+    if left_out:
+        title += f"\n({left_out} unit x rule pairs without finite drift, e.g. tied heads, not drawn)"
+    ax.set(xlabel="prescription", ylabel=r"drift: sd over $n$ of $\log(\beta_{rule}(n) / \Lambda_n)$",
+           title=title)
+    ax.set_ylim(bottom=0)
+    ax.legend(title="source", fontsize="small", title_fontsize="small")
+    return fig
+
+
+@_styled
+def operating_points(points: pd.DataFrame) -> Figure:
+    """Where the model's own ``beta = 1`` sits, per layer and ``n``, one panel per source.
+
+    Colour: median over the layer's heads of ``log2 rho`` at ``beta = 1`` (``rho = 1 /
+    median Lambda_n``; blue subcritical, red supercritical); text: the regime most heads are in,
+    and their share.  Stores without layers (families) use one line per unit.
+    """
+    table = points.assign(source=points["source"].astype(str) if "source" in points else "")
+    has_layers = "layer" in table and table["layer"].notna().any()
+    table["group"] = table["layer"].astype("Int64") if has_layers else table["unit"].astype(str)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["log2_rho"] = np.log2(table["rho_at_beta1"].where(np.isfinite(table["rho_at_beta1"])))
+    sources = list(dict.fromkeys(table["source"]))
+    groups, lengths = table["group"].nunique(), table["n"].nunique()
+    finite = table["log2_rho"].dropna()
+    span = max(1.0, float(finite.abs().max())) if len(finite) else 1.0
+    fig, axes = _figure(1, len(sources), panel=(1.8 + 0.75 * lengths, 1.2 + 0.4 * groups))
+    for ax, source in zip(axes[0], sources):
+        part = table[table["source"] == source]
+        colour = part.pivot_table(index="group", columns="n", values="log2_rho", aggfunc="median", dropna=False)
+        majority = part.groupby(["group", "n"])["regime"].agg(_majority).unstack("n").reindex_like(colour)
+        ax.set_facecolor("0.85")
+        sns.heatmap(colour, ax=ax, cmap="RdBu_r", center=0.0, vmin=-span, vmax=span,
+                    annot=majority.fillna("").values if colour.size <= MAX_ANNOTATED_CELLS else False,
+                    fmt="", annot_kws={"fontsize": "x-small"}, linewidths=0.5, linecolor="white",
+                    cbar_kws={"label": r"median $\log_2 \rho$ at $\beta = 1$", "shrink": 0.8})
+        ax.set_xticks(np.arange(lengths) + 0.5, [_n_label(n) for n in colour.columns], rotation=0)
+        ax.set(xlabel=r"context length $n$", ylabel="layer" if has_layers else "unit",
+               title=f"{source}: operating point of $\\beta = 1$")
+    return fig
+
+
+def _majority(regimes: pd.Series) -> str:
+    """``"crit 75%"``: the most common regime among heads and its share."""
+    counts = regimes.dropna().value_counts()
+    if counts.empty:
+        return ""
+    return f"{REGIME_SHORT.get(counts.index[0], counts.index[0])} {counts.iloc[0] / counts.sum():.0%}"

@@ -1,0 +1,27 @@
+# Exponent laws per unit, with intervals from resampling independent units.
+
+
+rule fit:
+    input:
+        result("stats", "{source}.zarr"),
+    output:
+        table=result("fits", "{source}.csv"),
+        dataset=result("fits", "{source}.nc"),
+    params:
+        fitting=config["fitting"],
+        seed=config["seed"],
+    log:
+        result("logs", "fit", "{source}.log"),
+    script:
+        "../scripts/fit.py"
+
+
+rule fit_table:
+    input:
+        expand(result("fits", "{source}.csv"), source=SOURCES),
+    output:
+        result("tables", "fits.csv"),
+    log:
+        result("logs", "fit_table.log"),
+    script:
+        "../scripts/fit_table.py"

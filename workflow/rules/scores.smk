@@ -1,0 +1,20 @@
+# Score sources: synthetic families (and, in models.smk, transformers on text).
+
+
+rule family_scores:
+    output:
+        directory(result("scores", "{family}.zarr")),
+    params:
+        spec=family_spec,
+        seed=config["seed"],
+        row_chunk=config["compute"]["row_chunk"],
+        quantiles=config["quantiles"],
+    log:
+        result("logs", "family_scores", "{family}.log"),
+    benchmark:
+        result("benchmarks", "family_scores", "{family}.tsv")
+    threads: 2
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/family_scores.py"

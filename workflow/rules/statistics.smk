@@ -1,0 +1,21 @@
+# The chunked Dask stage: any score store -> per-row gap statistics and (unit, n) aggregates.
+
+
+rule statistics:
+    input:
+        result("scores", "{source}.zarr"),
+    output:
+        directory(result("stats", "{source}.zarr")),
+    params:
+        grids=config["grids"],
+        quantiles=config["quantiles"],
+        compute=config["compute"],
+    log:
+        result("logs", "statistics", "{source}.log"),
+    benchmark:
+        result("benchmarks", "statistics", "{source}.tsv")
+    threads: 2
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/statistics.py"

@@ -1,0 +1,22 @@
+"""Generate a synthetic family's score store (thin wrapper over critscale.families)."""
+
+import dask
+
+from critscale import families, runlog, storage
+from critscale.compute import dask_scheduler
+
+runlog.to_file(snakemake.log[0])
+spec = snakemake.params.spec
+scores = families.family_dataset(
+    snakemake.wildcards.family,
+    spec,
+    n_ladder=spec["ladder"],
+    rows=spec["rows"],
+    seed=snakemake.params.seed,
+    row_chunk=snakemake.params.row_chunk,
+    dtype=spec["dtype"],
+    quantiles=snakemake.params.quantiles,
+)
+write = storage.write_dataset(scores, snakemake.output[0], compute=False)
+with dask_scheduler("threads", snakemake.threads) as kwargs:
+    dask.compute(write, **kwargs)

@@ -1,0 +1,10 @@
+"""All sources' fits in one tidy table."""
+
+import pandas as pd
+
+from critscale import runlog
+
+runlog.to_file(snakemake.log[0])
+table = pd.concat([pd.read_csv(path) for path in snakemake.input], ignore_index=True)
+table.to_csv(snakemake.output[0], index=False)
+print(table.to_string())

@@ -1,0 +1,19 @@
+"""Compare every family with theory; fail the run on any theorem violation or mismatch."""
+
+import pandas as pd
+
+from critscale import runlog, storage, theory_check
+
+runlog.to_file(snakemake.log[0])
+comparisons, violations = [], []
+for stats_path, fit_path in zip(snakemake.input.stats, snakemake.input.fits):
+    stats = storage.open_store(stats_path)
+    fit = pd.read_csv(fit_path)
+    comparisons.append(theory_check.compare_with_theory(stats, fit))
+    violations.append(theory_check.theorem_violations(stats))
+comparison = pd.concat(comparisons, ignore_index=True)
+violation = pd.concat(violations, ignore_index=True)
+comparison.to_csv(snakemake.output.comparison, index=False)
+violation.to_csv(snakemake.output.violations, index=False)
+print(comparison.to_string())
+theory_check.raise_on_failure(comparison, violation)
