@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml workflow/envs/no-deps.txt
 	touch $@
 
 study: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --config results=$(RESULTS) \
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) \
 		--report $(RESULTS)/report.html --report-after-run
 
 test: $(STAMP)

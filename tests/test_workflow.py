@@ -1,0 +1,106 @@
+"""The whole DAG on a tiny config: runs, caches, reruns only what changed, and gives the same
+statistics for any --cores and for an interrupted-then-resumed run."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from critscale import storage
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(*args, config=TINY, results, cores=2, check=True, **popen):
+    command = [
+        sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(config),
+        "--replace-workflow-config", "--config", f"results={results}", "--directory", str(ROOT), *args,
+    ]
+    if popen:
+        return subprocess.Popen(command, cwd=ROOT, **popen)
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if check and run.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}")
+    return run
+
+
+def planned_jobs(run) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    text = run.stdout + run.stderr
+    table = text.split("Job stats:")[-1] if "Job stats:" in text else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m.group(1) != "total"}
+
+
+def stats_stores(results: Path) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for path in sorted((results / "stats").glob("*.zarr")):
+        ds = storage.open_store(path).load()
+        out[path.name] = {name: ds[name].values for name in ds.data_vars}
+    return out
+
+
+def assert_same_stats(a: Path, b: Path):
+    left, right = stats_stores(a), stats_stores(b)
+    assert left.keys() == right.keys() and left
+    for store in left:
+        for name, values in left[store].items():
+            np.testing.assert_array_equal(values, right[store][name], err_msg=f"{store}:{name}")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    results = tmp_path_factory.mktemp("run") / "results"
+    snakemake(results=results)
+    return results
+
+
+def test_full_run_produces_every_target(finished):
+    for family in yaml.safe_load(TINY.read_text())["families"]:
+        assert (finished / "scores" / f"{family}.zarr").is_dir()
+        assert (finished / "stats" / f"{family}.zarr").is_dir()
+        assert (finished / "fits" / f"{family}.csv").is_file()
+    assert (finished / "tables" / "fits.csv").is_file()
+    assert (finished / "tables" / "theory_check.csv").is_file()
+    assert any((finished / "figures").rglob("*.png"))
+
+
+def test_second_dry_run_has_nothing_to_do(finished):
+    run = snakemake("-n", results=finished)
+    assert "Nothing to be done" in run.stdout + run.stderr, run.stdout
+
+
+def test_changing_one_family_reruns_only_its_jobs(finished, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["families"]["gaussian"]["params"]["sigma"] = 2.0
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake("-n", config=changed, results=finished))
+    assert jobs.get("family_scores") == 1 and jobs.get("statistics") == 1 and jobs.get("fit") == 1, jobs
+    run = snakemake("-n", "--quiet", "rules", config=changed, results=finished)
+    assert "simplex" not in run.stdout  # no job of another family is planned
+
+
+def test_cores_do_not_change_the_statistics(finished, tmp_path):
+    serial = tmp_path / "serial"
+    snakemake("--until", "theory_check", cores=1, results=serial)
+    assert_same_stats(finished, serial)
+
+
+def test_interrupted_run_resumes_to_the_same_statistics(finished, tmp_path):
+    resumed = tmp_path / "resumed"
+    process = snakemake(cores=1, results=resumed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((resumed / "stats").glob("*.zarr")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # interrupt while statistics are being written
+    process.wait(timeout=120)
+    snakemake("--rerun-incomplete", "--until", "theory_check", results=resumed)
+    assert_same_stats(finished, resumed)
