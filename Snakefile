@@ -13,10 +13,12 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/scores.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/statistics.smk"
 include: "workflow/rules/fitting.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/prescriptions.smk"
 
 
 rule all:

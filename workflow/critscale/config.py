@@ -55,7 +55,35 @@ def validate(config: dict) -> dict:
     for name, spec in config["families"].items():
         ladder(spec.get("ladder", config["ladder"]), f"families.{name}.ladder")
     ladder(config["ladder"], "ladder")
+    for name, spec in config.get("models", {}).items():
+        ladder(spec["ladder"], f"models.{name}.ladder")
+    for i, study in enumerate(config.get("studies", [])):
+        if study["model"] not in config.get("models", {}):
+            raise ConfigError(
+                f"config key studies.{i}.model: unknown model {study['model']!r}; "
+                f"models in this config: {', '.join(config.get('models', {})) or 'none'}"
+            )
+        for corpus in study["corpora"]:
+            if corpus not in config.get("corpora", {}):
+                raise ConfigError(
+                    f"config key studies.{i}.corpora: unknown corpus {corpus!r}; "
+                    f"corpora in this config: {', '.join(config.get('corpora', {})) or 'none'}"
+                )
     return config
+
+
+def model_sources(config: dict) -> dict[str, dict]:
+    """Each model x corpus (x sink variant) of the ``studies`` as a named source.
+
+    ``{model}__{corpus}`` reads all keys; ``{model}__{corpus}__skip{k}`` masks the first ``k``.
+    """
+    sources = {}
+    for study in config.get("studies", []):
+        for corpus in study["corpora"]:
+            for skip in study.get("exclude_first_keys", [0]):
+                name = f"{study['model']}__{corpus}" + (f"__skip{skip}" if skip else "")
+                sources[name] = {"model": study["model"], "corpus": corpus, "exclude_first_keys": skip}
+    return sources
 
 
 def load(path) -> dict:

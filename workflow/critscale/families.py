@@ -39,6 +39,10 @@ PREDICTION_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 MEDIAN_CHECK_ALPHA = 1e-3
 #: Random-row predictions draw bin counts with ``numpy``'s multinomial, which needs ``n < 2**62``.
 MAX_RANDOM_PREDICTION_N = 2**62
+#: Bins of the random-row simulation: linear over the first _LINEAR_BINS expected points, then
+#: geometric; a bin's bound exceeds its terms by about log(_BIN_RATIO) / D.
+_LINEAR_BINS = 64
+_BIN_RATIO = 1.02
 _PREDICTION_TAG = 0x9E3779B97F4A7C15  # separates prediction streams from row streams
 _REQUIRED = object()
 
@@ -231,7 +235,8 @@ class Sphere(ScoreFamily):
         return keys @ query
 
     def isf(self, u):
-        # By symmetry of Beta(a, a), P(s > x) = u at x = |q| (1 - 2 B^-1(u)): small u stays precise.
+        # By symmetry of Beta(a, a), P(s > x) = u at x = |q| (1 - 2 B^-1(u)), B^-1 accurate for
+        # tiny u; the score itself resolves the distance to its bound |q| only to |q| 2**-53.
         a = self._shape
         return self.params["query_norm"] * (1.0 - 2.0 * special.betaincinv(a, a, u))
 
@@ -285,12 +290,17 @@ def _check_sampling(family: ScoreFamily, sampling: str) -> None:
         )
 
 
+#: Keys of a family's config entry that the study (not the family) interprets.
+STUDY_KEYS = ("rows", "ladder", "dtype")
+
+
 def parse_spec(spec: dict) -> tuple[ScoreFamily, str]:
     """Family and sampling of a config entry ``{family, params, sampling}``.
 
-    ``params`` defaults to ``{}`` and ``sampling`` to ``"random"``; any other key is an error.
+    ``params`` defaults to ``{}`` and ``sampling`` to ``"random"``; the study keys
+    :data:`STUDY_KEYS` are allowed and left to the caller; any other key is an error.
     """
-    allowed = {"family", "params", "sampling"}
+    allowed = {"family", "params", "sampling", *STUDY_KEYS}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(f"family spec: unknown key {unknown[0]!r}; allowed: {sorted(allowed)}")
@@ -348,6 +358,8 @@ def _quantile_row_scale(fam: ScoreFamily, n, dtype, rtol: float = 1e-12) -> floa
     """
     rnd = _rounder(dtype)
     m = float(fam.draws_per_row(n))
+    if n <= 1 or m < 1:
+        return 0.0
     extra = 0.0 if fam.explicit_top is None else 1.0
     top = fam.explicit_top if fam.explicit_top is not None else float(rnd(fam.isf(0.5 / m)))
 
@@ -356,8 +368,6 @@ def _quantile_row_scale(fam: ScoreFamily, n, dtype, rtol: float = 1e-12) -> floa
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(gap > 0, np.log(k + extra) / gap, np.where(k + extra >= 2, np.inf, -np.inf)), gap
 
-    if n <= 1 or m < 1:
-        return 0.0
     enumerate_below = 256.0
     head = np.arange(1.0, min(m, enumerate_below) + 1)
     best = float(np.max(terms(head)[0]))
@@ -388,18 +398,31 @@ def _quantile_row_scale(fam: ScoreFamily, n, dtype, rtol: float = 1e-12) -> floa
     return best
 
 
+def _bin_edges(rest: int) -> np.ndarray:
+    """Edges in ``(0, 1]`` of the bins of ``rest`` i.i.d. uniforms: about one expected point per
+    bin near the top, then geometric with ratio ``_BIN_RATIO``."""
+    head = np.arange(0, min(rest, _LINEAR_BINS) + 1) / rest
+    if rest <= _LINEAR_BINS:
+        return head
+    count = int(np.log(rest / _LINEAR_BINS) / np.log(_BIN_RATIO)) + 2
+    return np.unique(np.concatenate([head, np.geomspace(head[-1], 1.0, count)]))
+
+
 def _random_row_scales(fam: ScoreFamily, n: int, draws: int, rng: np.random.Generator, dtype) -> np.ndarray:
     """Exact draws of per-row ``Lambda`` for random rows of length ``n`` (scores rounded to dtype).
 
     The ``m`` i.i.d. points of a row are uniforms ``U`` mapped by ``F_bar^-1``.  The smallest,
     ``U_(1) = 1 - exp(-E/m)``, is drawn first; the other ``m - 1`` are i.i.d. on ``(U_(1), 1)``,
-    and their counts in geometric bins of that interval are multinomial.  Bins are materialised
-    (uniforms within a bin, sorted) from the top down, and ``Lambda`` of the materialised prefix
-    is exact.  An unmaterialised bin ``[e_j, e_j+1)`` can contribute at most
-    ``log N(e_j+1) / D(e_j)``; a row is done (certified) once its prefix ``Lambda`` is at least
-    that bound for every remaining bin.  This is the top-K simulation of theory.md with ``K``
-    raised (the materialised count doubles per round) until certified, and with the certificate
-    ``log n / D_(K)`` sharpened by the bin counts -- the same exact joint law, far smaller ``K``.
+    and their counts in fixed bins of that interval are multinomial, so the rank of every point
+    among all keys is known before any point of a bin is drawn.  A bin whose points are not drawn
+    yet can contribute at most ``log N(right edge) / D(left edge)``; an empty bin contributes
+    nothing beyond the last point above it.  Per row, bins are drawn best-bound first (uniforms
+    within the bin), the number of drawn points roughly doubling per round, until the largest
+    term drawn is at least every remaining bound: then it is the row's exact ``Lambda``.
+
+    This is the top-K simulation of theory.md (same exact joint law of the order statistics) with
+    the certificate ``log n / D_(K)`` sharpened by the bin counts, and with points drawn where
+    the sup can still be -- for exponential scores that is often the bottom of the row.
     """
     rnd = _rounder(dtype)
     m = fam.draws_per_row(n)
@@ -410,52 +433,54 @@ def _random_row_scales(fam: ScoreFamily, n: int, draws: int, rng: np.random.Gene
     first_score = rnd(fam.isf(u1))
     top = first_score if fam.explicit_top is None else np.full(draws, float(fam.explicit_top))
     first_gap = top - first_score
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(first_gap > 0, np.log(first_rank) / first_gap, -np.inf if first_rank == 1 else np.inf)
     if m == 1:
         return np.where(np.isneginf(scale), 0.0, scale)
 
-    rest = m - 1
-    edges = np.unique(np.concatenate([[0.0], np.geomspace(min(1.0, 1.0 / rest), 1.0, int(np.log(rest) / np.log(1.05)) + 2)]))
-    counts = rng.multinomial(rest, np.diff(edges), size=draws)  # (draws, bins)
-    bins = counts.shape[1]
-    cum = first_rank + np.cumsum(counts, axis=1)  # N at the right edge of each bin
-    left_u = u1[:, None] + (1 - u1[:, None]) * edges[None, :-1]
-    left_gap = top[:, None] - rnd(fam.isf(left_u))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bin_bound = np.where(left_gap > 0, np.log(cum) / left_gap, np.where(cum >= 2, np.inf, 0.0))
-    # remaining_bound[:, j] = max over bins >= j; column `bins` = nothing left
-    remaining_bound = np.concatenate(
-        [np.maximum.accumulate(bin_bound[:, ::-1], axis=1)[:, ::-1], np.full((draws, 1), -np.inf)], axis=1
-    )
-    done_bins = np.zeros(draws, dtype=np.int64)
-    before = np.concatenate([np.full((draws, 1), first_rank), cum], axis=1)  # N before bin j
+    edges = _bin_edges(m - 1)
+    counts = rng.multinomial(m - 1, np.diff(edges), size=draws)  # (draws, bins)
+    before = first_rank + np.cumsum(counts, axis=1) - counts  # rank of the point before each bin
+    bound = np.full(counts.shape, -np.inf)
+    occupied = np.nonzero(counts)
+    left_gap = top[occupied[0]] - rnd(fam.isf(u1[occupied[0]] + (1 - u1[occupied[0]]) * edges[occupied[1]]))
+    with np.errstate(divide="ignore"):
+        bound[occupied] = np.where(
+            left_gap > 0, np.log(before[occupied] + counts[occupied]) / left_gap, np.inf
+        )
+    drawn = np.zeros(draws, dtype=np.int64)
     while True:
-        open_rows = np.flatnonzero(scale < remaining_bound[np.arange(draws), done_bins])
+        open_rows = np.flatnonzero(scale < bound.max(axis=1))
         if not len(open_rows):
             break
-        start = done_bins[open_rows]
-        # materialise bins until the materialised count at least doubles
-        target = 2 * before[open_rows, start]
-        stop = (cum[open_rows] < target[:, None]).sum(axis=1) + 1
-        stop = np.minimum(np.maximum(stop, start + 1), bins)
-        cols = np.arange(bins)
-        take = (cols[None, :] >= start[:, None]) & (cols[None, :] < stop[:, None])
-        row_of, bin_of = np.nonzero(take & (counts[open_rows] > 0))
-        per = counts[open_rows][row_of, bin_of]
-        point_row = np.repeat(row_of, per)
-        point_bin = np.repeat(bin_of, per)
-        rel = edges[point_bin] + (edges[point_bin + 1] - edges[point_bin]) * rng.random(len(point_bin))
-        order = np.lexsort((rel, point_row))
-        point_row, rel = point_row[order], rel[order]
-        rows = open_rows[point_row]
+        # Best bound first, until the points drawn this round reach max(64, points drawn so far).
+        order = np.argsort(-bound[open_rows], axis=1, kind="stable")
+        ranked_bound = np.take_along_axis(bound[open_rows], order, axis=1)
+        ranked_count = np.take_along_axis(counts[open_rows], order, axis=1)
+        budget = np.maximum(64, drawn[open_rows])
+        take = (np.cumsum(ranked_count, axis=1) - ranked_count < budget[:, None]) & (
+            ranked_bound > scale[open_rows, None]
+        )
+        take[:, 0] = True
+        row_of, position = np.nonzero(take)
+        bin_of = order[row_of, position]
+        rows_taken = open_rows[row_of]
+        per = counts[rows_taken, bin_of]
+        drawn[open_rows] += np.bincount(row_of, weights=per, minlength=len(open_rows)).astype(np.int64)
+        bound[rows_taken, bin_of] = -np.inf
+
+        point_group = np.repeat(np.arange(len(bin_of)), per)  # one group per (row, bin)
+        point_bin = bin_of[point_group]
+        rel = edges[point_bin] + (edges[point_bin + 1] - edges[point_bin]) * rng.random(len(point_group))
+        order_in_group = np.lexsort((rel, point_group))
+        point_group, rel = point_group[order_in_group], rel[order_in_group]
+        rows = rows_taken[point_group]
         gap = top[rows] - rnd(fam.isf(u1[rows] + (1 - u1[rows]) * rel))
-        segment_start = np.searchsorted(point_row, point_row, side="left")
-        rank = before[rows, start[point_row]] + 1 + np.arange(len(point_row)) - segment_start
+        group_start = np.searchsorted(point_group, point_group, side="left")
+        rank = before[rows, bin_of[point_group]] + 1 + np.arange(len(point_group)) - group_start
         with np.errstate(divide="ignore", invalid="ignore"):
             term = np.where(gap > 0, np.log(rank) / gap, np.inf)
         np.maximum.at(scale, rows, term)
-        done_bins[open_rows] = stop
     return np.where(np.isneginf(scale), 0.0, scale)
 
 
@@ -524,6 +549,7 @@ def family_dataset(
     row_chunk: int,
     dtype: str = "float32",
     prediction_draws: int = 2000,
+    quantiles=PREDICTION_QUANTILES,
 ) -> xr.Dataset:
     """Lazy score dataset of one family in the canonical layout of :mod:`critscale.storage`.
 
@@ -531,7 +557,9 @@ def family_dataset(
     ``rows`` is the number of rows per ``n``.  One Dask task per ``(n, row chunk)`` block (the key
     axis is one chunk).  Besides ``scores``: ``predicted_accumulation_scale(n,
     prediction_quantile)`` (finite-``n`` prediction for rows stored in ``dtype``, one Dask task
-    per ``n``) and ``asymptotic_accumulation_scale(n)``.  The quantile dimension is not called
+    per ``n``) and ``asymptotic_accumulation_scale(n)``.  Its levels are ``quantiles``, the median
+    and the levels that bracket the median of ``rows`` rows (:func:`median_interval_levels`, used
+    by :func:`critscale.theory_check.compare_with_theory`).  The quantile dimension is not called
     ``quantile`` because the statistics stage adds its own ``quantile`` coordinate; two different
     sets of levels on one name would silently be aligned to NaN.
     """
@@ -552,7 +580,7 @@ def family_dataset(
         per_n.append(da.concatenate(blocks, axis=2))
     scores = da.concatenate(per_n, axis=1)
 
-    levels = sorted(set(PREDICTION_QUANTILES) | set(median_interval_levels(rows, prediction_draws)))
+    levels = sorted({float(q) for q in quantiles} | {0.5} | set(median_interval_levels(rows, prediction_draws)))
     predictions = da.stack(
         [
             da.from_delayed(

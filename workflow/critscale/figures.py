@@ -28,7 +28,7 @@ import seaborn as sns
 import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator, ScalarFormatter
 
 #: Candidate laws of the fit table, simplest first (as in :data:`critscale.fitting.LAWS`).
 LAWS = ("sqrt_log", "log", "log_squared", "free", "power")
@@ -228,19 +228,24 @@ def scale_vs_log_n(stats: xr.Dataset, fits: pd.DataFrame | None = None, unit=Non
             asymptotic = stats["asymptotic_accumulation_scale"].values
             if np.isfinite(asymptotic).any():
                 ax.plot(log_n, asymptotic, ":", color="0.4", lw=1.3, label="theory: asymptotic law")
+        if not drawn.any():
+            ax.text(0.5, 0.5, r"no finite median $\Lambda_n$ (most rows tied)", transform=ax.transAxes,
+                    ha="center", va="center")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_yscale("log" if drawn.any() else "linear")
         ax.set_xticks(log_n, [f"{v:.1f}" for v in log_n], minor=False)
         ax.xaxis.set_minor_locator(NullLocator())
+        if drawn.any():  # plain numbers: the values, not powers of ten, are what a reader compares
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1.5, 0.6)))
         top = ax.secondary_xaxis("top")
         top.set_xticks(log_n, [_n_label(n) for n in ladder])
         top.xaxis.set_minor_locator(NullLocator())
-        top.set_xlabel(r"$n$")
         left_out = int((~drawn).sum())
         title = _unit_title(stats, label)
         if left_out:
             title += f"\n({left_out} length(s) with infinite median, i.e. tied, not drawn)"
-        ax.set(xlabel=r"$\log n$", ylabel=r"median $\Lambda_n$ (accumulation scale)", title=title)
+        ax.set(xlabel=r"$\log n$  (top axis: $n$)", ylabel=r"median $\Lambda_n$ (accumulation scale)", title=title)
         ax.legend(fontsize="small", loc="upper left")
     return fig
 
@@ -383,7 +388,7 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
     finite = models["xi"][np.isfinite(models["xi"])]
     span = max(0.5, float(np.abs(finite - 1).max())) if len(finite) else 1.0
     layers, heads = models["layer"].nunique(), models["head"].nunique()
-    fig, axes = _figure(1, len(sources), panel=(1.2 + 0.55 * heads, 1.0 + 0.4 * layers))
+    fig, axes = _figure(1, len(sources), panel=(2.5 + 0.6 * heads, 1.5 + 0.45 * layers))
     for ax, source in zip(axes[0], sources):
         table = models[models["source"].astype(str) == source].copy()
         table["layer"], table["head"] = table["layer"].astype(int), table["head"].astype(int)
@@ -392,31 +397,42 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
                     .pivot_table(index="layer", columns="head", values="excludes", aggfunc="first")
                     .reindex_like(xi).fillna(False).astype(bool))
         annotate = xi.size <= MAX_ANNOTATED_CELLS
-        labels = np.where(np.isfinite(xi.values), np.char.add(
-            np.char.mod("%.2f", np.nan_to_num(xi.values)), np.where(excludes.values, "*", "")), "")
+        status = (table.assign(fit_status=table.get("fit_status", "not fitted"))
+                  .pivot_table(index="layer", columns="head", values="fit_status", aggfunc="first")
+                  .reindex_like(xi))
+        labels = np.char.add(np.char.mod("%.2f", xi.values), np.where(excludes.values, "*", ""))
         ax.set_facecolor("0.85")  # not-fitted cells
-        sns.heatmap(xi, ax=ax, cmap="RdBu_r", center=1.0, vmin=1 - span, vmax=1 + span,
-                    annot=labels if annotate else False, fmt="", annot_kws={"fontsize": "x-small"},
-                    linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": r"$\xi$  (1 = $\log n$ law)", "shrink": 0.8})
-        ax.set(xlabel="head", ylabel="layer", title=f"{source}: $\\xi$ per head  (* interval excludes 1)")
+        with _quiet_nan_reductions():  # NaN cells (not fitted) are drawn as gaps on purpose
+            sns.heatmap(xi, ax=ax, cmap="RdBu_r", center=1.0, vmin=1 - span, vmax=1 + span,
+                        annot=labels if annotate else False, fmt="", annot_kws={"fontsize": "x-small"},
+                        linewidths=0.5, linecolor="white",
+                        cbar_kws={"label": r"$\xi$  (1 = $\log n$ law)", "shrink": 0.8})
+        if annotate:  # say why a head was not fitted
+            _label_blank_cells(ax, xi.values, status.values)
+        ax.grid(False)
+        ax.set(xlabel="head", ylabel="layer", title=f"{source}: $\\xi$ per head\n(* interval excludes 1)")
     return fig
 
 
 @_styled
 def law_winners(fits: pd.DataFrame) -> Figure:
-    """How many units each candidate law wins on the held-out largest ``n``, per source."""
-    table = fits.assign(winner=fits["law_winner"].fillna("not scored").astype(str),
-                        source=fits["source"].astype(str))
-    order = [law for law in (*LAWS, "not scored") if law in set(table["winner"]) or law in LAWS]
-    sources = list(dict.fromkeys(table["source"]))
+    """How many units each candidate law wins on the held-out largest ``n``, per source.
+
+    Every law gets a bar, zero included, so that "no head follows log n" is visible."""
+    winners = fits["law_winner"].astype(object).where(fits["law_winner"].notna(), "not scored")
+    order = [*LAWS, "not scored"]
+    sources = list(dict.fromkeys(fits["source"].astype(str)))
+    counts = (pd.crosstab(winners.astype(str), fits["source"].astype(str))
+              .reindex(index=order, columns=sources, fill_value=0)
+              .rename_axis(index="winner", columns="source").stack().rename("units").reset_index())
     fig, axes = _figure(1, 1, panel=(max(6.0, 0.9 * len(order) * max(1, len(sources) / 2)), 4.0))
     ax = axes[0, 0]
-    sns.countplot(data=table, x="winner", hue="source", order=order, hue_order=sources, ax=ax,
-                  palette="colorblind")
+    sns.barplot(data=counts, x="winner", y="units", hue="source", order=order, hue_order=sources, ax=ax,
+                palette="colorblind")
     for container in ax.containers:
         ax.bar_label(container, fontsize="x-small")
-    ax.set_xticks(range(len(order)), [LAW_LABELS.get(law, law) for law in order])
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xticks(range(len(order)), [LAW_LABELS[law] for law in order])
     ax.set(xlabel="law with the lowest held-out error", ylabel="units (heads) won",
            title=r"Which law of $\Lambda_n$ predicts the largest $n$ best")
     ax.legend(title="source", fontsize="small", title_fontsize="small")
@@ -465,26 +481,40 @@ def operating_points(points: pd.DataFrame) -> Figure:
     table = points.assign(source=points["source"].astype(str) if "source" in points else "")
     has_layers = "layer" in table and table["layer"].notna().any()
     table["group"] = table["layer"].astype("Int64") if has_layers else table["unit"].astype(str)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        table["log2_rho"] = np.log2(table["rho_at_beta1"].where(np.isfinite(table["rho_at_beta1"])))
+    rho = table["rho_at_beta1"]
+    # A tied head has rho = 0 at beta = 1 (Lambda = inf): it has a regime ("tied"), not a colour.
+    table["log2_rho"] = np.log2(rho.where(np.isfinite(rho) & (rho > 0)))
     sources = list(dict.fromkeys(table["source"]))
     groups, lengths = table["group"].nunique(), table["n"].nunique()
     finite = table["log2_rho"].dropna()
     span = max(1.0, float(finite.abs().max())) if len(finite) else 1.0
-    fig, axes = _figure(1, len(sources), panel=(1.8 + 0.75 * lengths, 1.2 + 0.4 * groups))
+    fig, axes = _figure(1, len(sources), panel=(2.5 + 0.8 * lengths, 1.5 + 0.45 * groups))
     for ax, source in zip(axes[0], sources):
         part = table[table["source"] == source]
         colour = part.pivot_table(index="group", columns="n", values="log2_rho", aggfunc="median", dropna=False)
         majority = part.groupby(["group", "n"])["regime"].agg(_majority).unstack("n").reindex_like(colour)
         ax.set_facecolor("0.85")
-        sns.heatmap(colour, ax=ax, cmap="RdBu_r", center=0.0, vmin=-span, vmax=span,
-                    annot=majority.fillna("").values if colour.size <= MAX_ANNOTATED_CELLS else False,
-                    fmt="", annot_kws={"fontsize": "x-small"}, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": r"median $\log_2 \rho$ at $\beta = 1$", "shrink": 0.8})
+        annotate = colour.size <= MAX_ANNOTATED_CELLS
+        with _quiet_nan_reductions():  # NaN cells (tied everywhere) are drawn as gaps on purpose
+            sns.heatmap(colour, ax=ax, cmap="RdBu_r", center=0.0, vmin=-span, vmax=span,
+                        annot=majority.fillna("").values if annotate else False,
+                        fmt="", annot_kws={"fontsize": "x-small"}, linewidths=0.5, linecolor="white",
+                        cbar_kws={"label": r"median $\log_2 \rho$ at $\beta = 1$", "shrink": 0.8})
+        if annotate:
+            _label_blank_cells(ax, colour.values, majority.values)
+        ax.grid(False)
         ax.set_xticks(np.arange(lengths) + 0.5, [_n_label(n) for n in colour.columns], rotation=0)
         ax.set(xlabel=r"context length $n$", ylabel="layer" if has_layers else "unit",
                title=f"{source}: operating point of $\\beta = 1$")
     return fig
+
+
+def _label_blank_cells(ax, values: np.ndarray, labels: np.ndarray) -> None:
+    """Write ``labels`` into the heatmap cells whose value is NaN (seaborn leaves them blank)."""
+    for i, j in zip(*np.nonzero(~np.isfinite(values.astype(np.float64)))):
+        if pd.notna(labels[i, j]):
+            ax.text(j + 0.5, i + 0.5, str(labels[i, j]), ha="center", va="center", fontsize="x-small",
+                    color="0.3", style="italic")
 
 
 def _majority(regimes: pd.Series) -> str:
@@ -493,3 +523,32 @@ def _majority(regimes: pd.Series) -> str:
     if counts.empty:
         return ""
     return f"{REGIME_SHORT.get(counts.index[0], counts.index[0])} {counts.iloc[0] / counts.sum():.0%}"
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+TABLE_STYLE = """
+body { font-family: sans-serif; font-size: 13px; margin: 1em; }
+table { border-collapse: collapse; }
+th, td { padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; position: sticky; top: 0; }
+td:first-child, th:first-child { text-align: left; }
+"""
+
+
+def save_table_html(table: pd.DataFrame, path, title: str = "", digits: int = 4) -> Path:
+    """Write ``table`` as a self-contained HTML page (the report shows it in a frame).
+
+    An empty table still gets a page that says so, so a report section is never blank."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if table.empty:
+        body = f"<p>No rows{': ' + ', '.join(map(str, table.columns)) if len(table.columns) else ''}.</p>"
+    else:
+        body = table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}g}", border=0)
+    heading = f"<h3>{title}</h3>" if title else ""
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{TABLE_STYLE}</style></head><body>{heading}{body}</body></html>\n"
+    )
+    return path

@@ -121,7 +121,7 @@ def _tied_rows(stats: xr.Dataset) -> np.ndarray:
 
 def unit_labels(stats: xr.Dataset) -> pd.DataFrame:
     """``unit``, ``layer``, ``head`` per unit (NaN layer/head where the source has none)."""
-    labels = {"unit": np.asarray(stats["unit"].values).astype(str)}
+    labels = {"unit": [str(u) for u in stats["unit"].values]}  # zarr 3 gives StringDType labels
     for name in ("layer", "head"):
         if name in stats.coords and stats[name].dims == ("unit",):
             labels[name] = stats[name].values
@@ -398,3 +398,28 @@ def fits_to_dataset(fits: pd.DataFrame, provenance_json: str | None = None) -> x
     sources = sorted({str(s) for s in fits.get("source", pd.Series(dtype=str))})
     ds.attrs = {"provenance": record, "sources": json.dumps(sources), "laws": json.dumps(LAWS)}
     return ds
+
+
+def headline(fits: pd.DataFrame) -> pd.DataFrame:
+    """One row per source: how many units were fitted, the median ``xi``, the fraction of fitted
+    units whose interval excludes 1 (the paper's claim: ``xi = 1`` is not universal) and how many
+    units each law won on the held-out largest ``n``."""
+    rows = []
+    for source, table in fits.groupby("source", sort=False):
+        fitted = table[table["fit_status"] == "fitted"]
+        with_interval = fitted["excludes_one"].dropna()
+        row = {
+            "source": source,
+            "kind": table["kind"].iloc[0],
+            "units": len(table),
+            "fitted_units": len(fitted),
+            "median_xi": fitted["xi"].median(),
+            "xi_q10": fitted["xi"].quantile(0.1),
+            "xi_q90": fitted["xi"].quantile(0.9),
+            "units_with_interval": len(with_interval),
+            "fraction_excluding_one": with_interval.astype(bool).mean() if len(with_interval) else np.nan,
+        }
+        for law in LAWS:
+            row[f"won_by_{law}"] = int((fitted["law_winner"] == law).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)

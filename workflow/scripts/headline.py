@@ -1,0 +1,10 @@
+"""Headline table: per source, fitted units, median xi, fraction excluding 1, law winners."""
+
+import pandas as pd
+
+from critscale import fitting, runlog
+
+runlog.to_file(snakemake.log[0])
+table = fitting.headline(pd.read_csv(snakemake.input[0]))
+table.to_csv(snakemake.output[0], index=False)
+print(table.to_string())

@@ -1,0 +1,26 @@
+"""Extract a model's attention rows on a corpus into a score store (thin wrapper)."""
+
+from critscale import extraction, runlog
+from critscale import config as study_config
+
+runlog.to_file(snakemake.log[0])
+run, settings = snakemake.params.run, snakemake.params.extraction
+summary = extraction.extract_to_store(
+    snakemake.params.model,
+    snakemake.params.corpus,
+    snakemake.output[0],
+    n_ladder=study_config.ladder(snakemake.params.model["ladder"]),
+    sequences=settings.get("sequences", 4),
+    queries=settings.get("queries", 1),
+    exclude_first_keys=run["exclude_first_keys"],
+    layers=settings.get("layers"),
+    heads=settings.get("heads"),
+    seed=snakemake.params.seed,
+    dtype=settings.get("dtype", "float32"),
+    attention_output=settings.get("attention_output", "sdpa"),
+    self_check_max_n=settings.get("self_check_max_n", 512),
+    model_name=run["model"],
+    corpus_name=run["corpus"],
+    threads=snakemake.threads,
+)
+print(summary)

@@ -1,0 +1,19 @@
+"""Prescription drift, operating points and recommendations of one model source."""
+
+import pandas as pd
+
+from critscale import prescriptions, runlog, storage
+
+runlog.to_file(snakemake.log[0])
+settings = snakemake.params.fitting
+stats = storage.open_store(snakemake.input.stats)
+fits = pd.read_csv(snakemake.input.fits)
+drift = prescriptions.rule_drift(stats, training_length=settings["training_length"])
+points = prescriptions.operating_points(stats)
+advice = prescriptions.recommendations(
+    fits, training_length=settings["training_length"], extension_factors=settings.get("extension_factors", [2, 4, 8])
+)
+drift.to_csv(snakemake.output.rule_drift, index=False)
+points.to_csv(snakemake.output.operating_points, index=False)
+advice.to_csv(snakemake.output.recommendations, index=False)
+print(drift.groupby("rule")["drift"].describe().to_string())
