@@ -29,6 +29,9 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_gapstats.py
 	$(BIN)/python benchmarks/bench_extraction.py
 
+share: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) share
+
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)
 

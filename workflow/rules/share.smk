@@ -1,0 +1,29 @@
+# `snakemake --cores N share`: one self-describing bundle of the study's stores and tables.
+
+
+def share_scores(wildcards):
+    if config.get("share", {}).get("include_scores", False):
+        return expand(result("scores", "{source}.zarr"), source=SOURCES)
+    return []
+
+
+rule share:
+    input:
+        stats=expand(result("stats", "{source}.zarr"), source=SOURCES),
+        scores=share_scores,
+        fits=result("tables", "fits.csv"),
+        headline=result("tables", "headline.csv"),
+    output:
+        bundle=result(
+            "share",
+            "critscale-bundle.zarr" + (".zip" if config.get("share", {}).get("format", "zip") == "zip" else ""),
+        ),
+        datacard=result("share", "critscale-bundle.zarr" + (".zip" if config.get("share", {}).get("format", "zip") == "zip" else "") + ".DATACARD.md"),
+    params:
+        share=config.get("share", {}),
+        sources=SOURCES,
+        study=config,
+    log:
+        result("logs", "share.log"),
+    script:
+        "../scripts/share.py"

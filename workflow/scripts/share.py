@@ -1,0 +1,19 @@
+"""Pack the study's stores and tables into one bundle (thin wrapper over critscale.share)."""
+
+from critscale import runlog, share
+
+runlog.to_file(snakemake.log[0])
+settings = snakemake.params.share
+sources = snakemake.params.sources
+share.pack_bundle(
+    snakemake.output.bundle,
+    stats=dict(zip(sources, snakemake.input.stats)),
+    scores=dict(zip(sources, snakemake.input.scores)) if snakemake.input.scores else None,
+    fits_table=snakemake.input.fits,
+    headline_table=snakemake.input.headline,
+    config=snakemake.params.study,
+    fmt=settings.get("format", "zip"),
+    url=settings.get("url"),
+    storage_options=settings.get("storage_options"),
+)
+print(f"bundle written to {snakemake.output.bundle}")
