@@ -117,7 +117,7 @@ def test_share_bundle_opens_in_a_fresh_process_and_reproduces_a_headline(finishe
     code = f"""
 import json, numpy as np, xarray as xr
 path = "zip::{bundle}"
-fits = xr.open_zarr(path)
+fits = xr.open_zarr(path).load()
 stats = xr.open_zarr(path, group="stats/gaussian")
 median = np.median(stats.accumulation_scale.isel(unit=0).values, axis=-1)
 slope = np.polyfit(np.log(np.log(stats.n.values.astype(float))), np.log(median), 1)[0]

@@ -94,6 +94,11 @@ def validate_model_sources(config: dict) -> None:
             raise ConfigError(f"config key corpora.{name}: {error}") from None
 
 
+def model_source_name(model: str, corpus: str, exclude_first_keys: int = 0) -> str:
+    """``{model}__{corpus}``, with ``__skip{k}`` when the first ``k`` keys are masked."""
+    return f"{model}__{corpus}" + (f"__skip{exclude_first_keys}" if exclude_first_keys else "")
+
+
 def model_sources(config: dict) -> dict[str, dict]:
     """Each model x corpus (x sink variant) of the ``studies`` as a named source.
 
@@ -103,8 +108,7 @@ def model_sources(config: dict) -> dict[str, dict]:
     for study in config.get("studies", []):
         for corpus in study["corpora"]:
             for skip in study.get("exclude_first_keys", [0]):
-                name = f"{study['model']}__{corpus}" + (f"__skip{skip}" if skip else "")
-                sources[name] = {"model": study["model"], "corpus": corpus, "exclude_first_keys": skip}
+                sources[model_source_name(study["model"], corpus, skip)] = {"model": study["model"], "corpus": corpus, "exclude_first_keys": skip}
     return sources
 
 

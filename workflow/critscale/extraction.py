@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import model_source_name
 from .storage import create_scores_store, file_checksum, provenance, write_scores
 
 ATTN_NAME = "critscale"
@@ -635,7 +636,9 @@ def extract_to_store(
     register_attention()
     tol = SELF_CHECK_TOL.get(dtype, 1e-5) if self_check_tol is None else float(self_check_tol)
     attrs = {
-        "source": f"model:{model_name or info.get('model_id')}|corpus:{corpus_name or corpus_info['source']}",
+        "source": model_source_name(
+            model_name or str(info.get("model_id")), corpus_name or corpus_info["source"], k_excl
+        ),
         "kind": "model",
         "model": model_name or str(info.get("model_id")),
         "model_id": str(info.get("model_id")),

@@ -1,5 +1,6 @@
 # Shared settings and helpers. The config is validated here, at parse time, so a bad key, a
 # missing model or an unusable corpus stops the run before any job starts.
+import json
 from pathlib import Path
 
 from critscale import config as study_config
@@ -21,6 +22,12 @@ wildcard_constraints:
     source="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
+def canonical(value):
+    """Config values with keys in sorted order: Snakemake compares params as written, so key order
+    alone (say, a config rewritten by a YAML dumper) must not trigger a rerun."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
 def result(*parts):
     return str(Path(RESULTS, *parts))
 
@@ -33,7 +40,7 @@ def family_spec(wildcards):
     spec.setdefault("rows", config.get("rows", 256))
     spec.setdefault("dtype", "float32")
     spec["ladder"] = study_config.ladder(spec.get("ladder", config["ladder"]))
-    return spec
+    return canonical(spec)
 
 
 def all_targets():

@@ -8,7 +8,7 @@ rule fit:
         table=result("fits", "{source}.csv"),
         dataset=result("fits", "{source}.nc"),
     params:
-        fitting=config["fitting"],
+        fitting=canonical(config["fitting"]),
         seed=config["seed"],
     log:
         result("logs", "fit", "{source}.log"),

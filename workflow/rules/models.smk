@@ -10,7 +10,7 @@ def model_spec(model):
     spec = dict(config["models"][model])
     if is_gguf(model):
         spec["converted"] = result("models", model)
-    return spec
+    return canonical(spec)
 
 
 def converted_model(wildcards):
@@ -22,7 +22,7 @@ rule convert_gguf:
     output:
         directory(result("models", "{model}")),
     params:
-        spec=lambda wildcards: config["models"][wildcards.model],
+        spec=lambda wildcards: canonical(config["models"][wildcards.model]),
     log:
         result("logs", "convert_gguf", "{model}.log"),
     benchmark:
@@ -40,10 +40,10 @@ rule model_scores:
     output:
         directory(result("scores", "{model_source}.zarr")),
     params:
-        run=lambda wildcards: MODEL_RUNS[wildcards.model_source],
+        run=lambda wildcards: canonical(MODEL_RUNS[wildcards.model_source]),
         model=lambda wildcards: model_spec(MODEL_RUNS[wildcards.model_source]["model"]),
-        corpus=lambda wildcards: config["corpora"][MODEL_RUNS[wildcards.model_source]["corpus"]],
-        extraction=config.get("extraction", {}),
+        corpus=lambda wildcards: canonical(config["corpora"][MODEL_RUNS[wildcards.model_source]["corpus"]]),
+        extraction=canonical(config.get("extraction", {})),
         seed=config["seed"],
     log:
         result("logs", "model_scores", "{model_source}.log"),

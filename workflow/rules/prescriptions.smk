@@ -20,7 +20,7 @@ rule prescriptions:
         recommendations=result("prescriptions", "{model_source}", "recommendations.csv"),
         operating_points=result("prescriptions", "{model_source}", "operating_points.csv"),
     params:
-        fitting=config["fitting"],
+        fitting=canonical(config["fitting"]),
     log:
         result("logs", "prescriptions", "{model_source}.log"),
     script:

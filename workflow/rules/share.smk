@@ -20,9 +20,9 @@ rule share:
         ),
         datacard=result("share", "critscale-bundle.zarr" + (".zip" if config.get("share", {}).get("format", "zip") == "zip" else "") + ".DATACARD.md"),
     params:
-        share=config.get("share", {}),
+        share=canonical(config.get("share", {})),
         sources=SOURCES,
-        study=config,
+        study=canonical(config),
     log:
         result("logs", "share.log"),
     script:

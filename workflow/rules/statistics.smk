@@ -7,9 +7,9 @@ rule statistics:
     output:
         directory(result("stats", "{source}.zarr")),
     params:
-        grids=config["grids"],
+        grids=canonical(config["grids"]),
         quantiles=config["quantiles"],
-        compute=config["compute"],
+        compute=canonical(config["compute"]),
     log:
         result("logs", "statistics", "{source}.log"),
     benchmark:
