@@ -42,7 +42,7 @@ def gap_statistics(
     grids: Grids,
     *,
     quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
-    row_chunk: int = 64,
+    row_chunk: int = 256,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> xr.Dataset:
     """Lazy statistics dataset of a score store (see ``storage`` for the layout).
@@ -135,7 +135,7 @@ def compute_statistics_store(
     grids: Grids,
     *,
     quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
-    row_chunk: int = 64,
+    row_chunk: int = 256,
     scheduler: str = "threads",
     workers: int = 1,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,

@@ -44,6 +44,7 @@ import xarray as xr
 from critscale.storage import provenance
 
 #: Candidate laws for ``Lambda_n``, simplest first (the order breaks ties in held-out error).
+EXCLUDES_ONE_TOLERANCE = 1e-9
 LAWS = ("sqrt_log", "log", "log_squared", "free", "power")
 #: Exponent of ``log n`` of the fixed-exponent laws.
 FIXED_LOG_EXPONENTS = {"sqrt_log": 0.5, "log": 1.0, "log_squared": 2.0}
@@ -315,7 +316,9 @@ def fit_source(
     xi_decomposed = point["xi_alpha"][:, 0] - point["xi_D"][:, 0] + 1
     xi_low, xi_high, _ = intervals["xi"]
     has_interval = np.isfinite(xi_low) & np.isfinite(xi_high)
-    excludes_one = pd.array(np.where(has_interval, (xi_low > 1) | (xi_high < 1), None), dtype="boolean")
+    # A tolerance, so that an exact law (the simplex: xi = 1 to rounding) never "excludes" 1.
+    outside = (xi_low > 1 + EXCLUDES_ONE_TOLERANCE) | (xi_high < 1 - EXCLUDES_ONE_TOLERANCE)
+    excludes_one = pd.array(np.where(has_interval, outside, None), dtype="boolean")
 
     table = unit_labels(stats)
     table.insert(0, "kind", stats.attrs.get("kind", ""))
