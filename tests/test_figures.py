@@ -248,3 +248,17 @@ def test_report_checker_finds_empty_sections_and_broken_figures(family_stats, tm
     assert any("'gaussian' is empty" in p for p in problems)
     assert any("g.png: embedded PNG" in p for p in problems)
     assert any("h.png: no caption" in p for p in problems)
+
+
+def test_collapse_by_layer_has_a_panel_per_layer_and_marks_beta_one(model_stats, tmp_path):
+    fig = figures.collapse_by_layer(model_stats, columns=3)
+    saved_png(fig, tmp_path / "collapse_by_layer.png")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["layer 0", "layer 1"]
+    ladder = len(model_stats["n"])
+    for ax in visible:
+        curves = [line for line in ax.get_lines() if len(line.get_xdata()) == len(model_stats["rho"])]
+        assert len(curves) == 2 * ladder  # entropy and top-two gap for every n
+    # the model's own beta = 1; layer 1's median Lambda is inf (a head tied in every row): no dot
+    assert any(line.get_marker() == "o" for line in visible[0].get_lines())
+    assert not any(line.get_marker() == "o" for line in visible[1].get_lines())

@@ -309,6 +309,51 @@ def collapse(stats: xr.Dataset, unit=None, max_units: int = 3, mark_beta_one: bo
     return fig
 
 
+@_styled
+def collapse_by_layer(stats: xr.Dataset, columns: int = 6) -> Figure:
+    """The collapse on real rows, one panel per layer: entropy ``H / log n`` (solid) and top-two
+    gap (dashed) against ``rho = beta / Lambda``, medians over every head and row of the layer,
+    all ``n`` overlaid; the dot on each entropy curve is the model's own ``beta = 1`` (``rho`` =
+    1 / median ``Lambda_n`` over the layer's heads)."""
+    layers = sorted({int(layer) for layer in stats["layer"].values})
+    ladder = [int(n) for n in stats["n"].values]
+    colors = _n_colors(ladder)
+    rho = stats["rho"].values
+    rows = int(np.ceil(len(layers) / columns))
+    fig, axes = _figure(rows, columns, panel=(2.6, 2.0), sharex=True, sharey=True)
+    scale = median_scale(stats)
+    for ax, layer in zip(axes.flat, layers):
+        units = stats["unit"].values[stats["layer"].values == layer]
+        part = stats.sel(unit=units)
+        keys = part["n_keys"].values.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = part["entropy_rel"].values / np.where(keys > 1, np.log(keys), np.nan)[..., None]
+        gap = part["top_two_gap_rel"].values
+        with np.errstate(divide="ignore"):
+            operating = 1.0 / np.nanmedian(scale.sel(unit=units).values, axis=0)
+        for i, n in enumerate(ladder):
+            with _quiet_nan_reductions():
+                median_entropy = np.nanmedian(entropy[:, i].reshape(-1, len(rho)), axis=0)
+                median_gap = np.nanmedian(gap[:, i].reshape(-1, len(rho)), axis=0)
+            ax.plot(rho, median_entropy, color=colors[n], lw=1.4, label=_n_label(n))
+            ax.plot(rho, median_gap, color=colors[n], lw=1.0, ls="--")
+            if np.isfinite(operating[i]) and rho[0] <= operating[i] <= rho[-1]:
+                at = np.interp(np.log(operating[i]), np.log(rho), median_entropy)
+                ax.plot(operating[i], at, "o", ms=4, mfc=colors[n], mec="k", zorder=5)
+        ax.axvline(1.0, color="k", ls=":", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"layer {layer}", fontsize="small")
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(r"$\rho = \beta / \Lambda$")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(r"$H/\log n$ (—), $\Delta_{top}$ (- -)")
+    _n_legend(axes.flat[0])
+    fig.suptitle(f"{stats.attrs.get('source', '')}: collapse per layer; dots: the model's own beta = 1")
+    return fig
+
+
 # --- fit-table figures ------------------------------------------------------------------------
 
 

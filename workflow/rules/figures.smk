@@ -4,7 +4,7 @@
 # Sources that are not synthetic families are model x corpus sources (added by the model rules).
 MODEL_SOURCES = [source for source in SOURCES if source not in FAMILIES]
 SOURCE_FIGURES = ("gap_counting", "scale_vs_log_n", "collapse")
-MODEL_FIGURES = ("xi_heatmap", "law_winners")
+MODEL_FIGURES = ("xi_heatmap", "law_winners", "collapse_by_layer")
 PRESCRIPTION_FIGURES = ("rule_drift", "operating_points")
 REPORT_TABLES = ("fits", "theory_check", "theorem_violations", "headline", "rule_drift", "recommendations", "operating_points")
 PRESCRIPTION_TABLES = ("rule_drift", "recommendations", "operating_points")
@@ -80,7 +80,8 @@ rule figures_overview:
 
 rule figures_model:
     input:
-        result("fits", "{source}.csv"),
+        fits=result("fits", "{source}.csv"),
+        stats=result("stats", "{source}.zarr"),
     output:
         xi_heatmap=report(
             figure("{source}", "xi_heatmap.png"),
@@ -95,6 +96,13 @@ rule figures_model:
             category="{source}",
             subcategory="Exponents per head",
             labels={"source": "{source}", "figure": "held-out law winners"},
+        ),
+        collapse_by_layer=report(
+            figure("{source}", "collapse_by_layer.png"),
+            caption="../report/collapse_by_layer.rst",
+            category="{source}",
+            subcategory="Collapse per layer",
+            labels={"source": "{source}", "figure": "collapse per layer, beta = 1 marked"},
         ),
     log:
         result("logs", "figures_model", "{source}.log"),
