@@ -84,11 +84,6 @@ def test_a_wrong_accumulation_scale_breaks_the_partition_bound(clean_stats):
     assert "partition_bound" in set(found.inequality)
 
 
-def test_fit_loglog_slope_recovers_an_exponent():
-    n = 2.0 ** np.arange(6, 16)
-    assert theory_check.fit_loglog_slope(n, 3 * np.log(n) ** 0.77) == pytest.approx(0.77)
-
-
 # ------------------------------------------------------------------ comparison with predictions
 
 

@@ -72,11 +72,6 @@ def file_checksum(paths, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{digest.hexdigest()}"
 
 
-def array_checksum(values: np.ndarray) -> str:
-    """Checksum of an array's bytes (C order), e.g. the scores a statistics store was made from."""
-    return "sha256:" + hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
-
-
 def open_store(path) -> xr.Dataset:
     """Open a store written by critscale (lazy, Dask-backed)."""
     with quiet_consolidation():

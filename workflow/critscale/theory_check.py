@@ -121,16 +121,6 @@ def _ols(x, y):
     return float(weights @ y), weights
 
 
-def fit_loglog_slope(n, values) -> float:
-    """Minimal ``xi``: OLS slope of ``log values`` on ``log log n`` (``n >= 3``, values > 0).
-
-    Only for the theory checks; the study's fits with uncertainties live in
-    :mod:`critscale.fitting`.
-    """
-    n, values = np.asarray(n, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    return _ols(np.log(np.log(n)), np.log(values))[0]
-
-
 def _interval(predicted, levels, p_lo, p_hi):
     """Predicted quantiles bracketing ``[p_lo, p_hi]``, widened to stored levels (conservative)."""
     below, above = levels[levels <= p_lo + 1e-12], levels[levels >= p_hi - 1e-12]
