@@ -30,7 +30,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_extraction.py
 
 share: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) share
+	$(BIN)/snakemake share --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,6 @@ from bench_gapstats import make_store, GRIDS
 from critscale import compute
 tmp = pathlib.Path(tempfile.mkdtemp())
 make_store(tmp / "scores.zarr", {n}, {rows})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 compute.compute_statistics_store(tmp / "scores.zarr", tmp / "stats.zarr", GRIDS, workers={workers})
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """

@@ -1,5 +1,8 @@
 # `snakemake --cores N share`: one self-describing bundle of the study's stores and tables.
 
+ZIPPED = config.get("share", {}).get("format", "zip") == "zip"
+BUNDLE = result("share", "critscale-bundle.zarr" + (".zip" if ZIPPED else ""))
+
 
 def share_scores(wildcards):
     if config.get("share", {}).get("include_scores", False):
@@ -14,11 +17,8 @@ rule share:
         fits=result("tables", "fits.csv"),
         headline=result("tables", "headline.csv"),
     output:
-        bundle=result(
-            "share",
-            "critscale-bundle.zarr" + (".zip" if config.get("share", {}).get("format", "zip") == "zip" else ""),
-        ),
-        datacard=result("share", "critscale-bundle.zarr" + (".zip" if config.get("share", {}).get("format", "zip") == "zip" else "") + ".DATACARD.md"),
+        bundle=BUNDLE if ZIPPED else directory(BUNDLE),
+        datacard=f"{BUNDLE}.DATACARD.md",
     params:
         share=canonical(config.get("share", {})),
         sources=SOURCES,
