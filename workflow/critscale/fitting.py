@@ -1,6 +1,7 @@
-"""Exponent laws per unit: ``xi`` with a sequence bootstrap, its decomposition, and law comparison.
+"""Exponent laws per unit: ``xi`` with intervals from resampling independent units, its
+decomposition, per-unit p-values with false-discovery control, and the law comparison.
 
-Input is a statistics store (``unit, n, row`` per-row quantities, see ``shared/theory.md``);
+Input is a statistics store (``unit, n, row`` per-row quantities, see ``docs/theory.md``);
 output is one tidy row per unit (:func:`fit_source`).
 
 Conventions chosen where the theory is silent (also in the README):
@@ -19,17 +20,24 @@ Conventions chosen where the theory is silent (also in the README):
   OLS is linear, so ``xi_alpha - xi_D + 1`` equals ``xi`` exactly when the row medians compose
   (``median Lambda = median alpha * log n / median D``, e.g. deterministic ``alpha`` and ``D``);
   otherwise the difference is reported as ``decomposition_residual``.
-* **Uncertainty.** Percentile bootstrap that resamples *sequences* (the independent units; all
-  rows of a drawn sequence, at every ``n``, enter with the sequence's multiplicity), recomputing
-  the medians and the slopes.  A replicate whose medians are not all finite and positive gives no
-  slope; the interval uses the remaining replicates, their fraction is reported as
-  ``boot_valid_fraction``, and the interval is NaN when that fraction is below ``level`` (the
-  interval could not hold ``level`` of the bootstrap mass).
-* **Law comparison.** Each law is fitted in log space on all but the ``held_out`` largest
-  lengths and scored by the mean squared log error on them.  The winner has the lowest error;
-  laws within ``tie_tolerance`` of the lowest are treated as tied and the simplest wins (the
-  one-parameter laws, in the order of :data:`LAWS`, before the two-parameter ones), so that on
-  noise-free data a fixed-exponent law is not beaten by the free law that contains it.
+* **Uncertainty.** The independent units (the ``sequence`` coordinate: windows of a model
+  source, rows of a family) are resampled with replacement; all rows of a drawn unit, at every
+  ``n``, enter with its multiplicity, and the medians and slopes are recomputed
+  (:mod:`critscale.resampling`).  The interval method (:mod:`critscale.intervals`, default
+  ``student_t``: resampling standard error with Student-``t`` quantiles on ``units - 1``
+  degrees of freedom) gives the interval and the p-value of ``H0: xi = 1``.  With fewer than
+  ``min_units`` units there is no interval (``fit_status = too_few_units``; the point ``xi`` is
+  still reported).  A replicate whose medians are not all finite and positive gives no slope;
+  the interval is NaN when fewer than ``level`` of the replicates have one
+  (``boot_valid_fraction``).  A zero-width interval (no variation between units) never
+  "excludes 1" and has no p-value.
+* **Many units.** ``excludes_one`` is the raw, per-unit statement.  The controlled one is
+  ``discovery``: Benjamini-Yekutieli (or -Hochberg) over the units of the source with a p-value,
+  at false-discovery rate ``fdr``; heads of one model share its windows, so their tests are
+  dependent, which BY allows.
+* **Law comparison.** :mod:`critscale.laws`: extrapolation by a rolling origin over the
+  ``held_out`` largest lengths, on the point medians and on every replicate; ``law_winner`` is
+  the law that wins at least ``law_share`` of the replicates, else ``undecided``.
 """
 
 from __future__ import annotations
@@ -41,13 +49,13 @@ import pandas as pd
 import statsmodels.api as sm
 import xarray as xr
 
+from critscale import intervals, laws
+from critscale.laws import LAWS
+from critscale.resampling import SortedRows, unit_multiplicities
 from critscale.storage import provenance
 
-#: Candidate laws for ``Lambda_n``, simplest first (the order breaks ties in held-out error).
+#: An exact law (the simplex: xi = 1 to rounding) must never "exclude" 1.
 EXCLUDES_ONE_TOLERANCE = 1e-9
-LAWS = ("sqrt_log", "log", "log_squared", "free", "power")
-#: Exponent of ``log n`` of the fixed-exponent laws.
-FIXED_LOG_EXPONENTS = {"sqrt_log": 0.5, "log": 1.0, "log_squared": 2.0}
 #: Per-row variables aggregated by median, and the name of their aggregate.
 MEDIAN_VARIABLES = {
     "accumulation_scale": "median_lambda",
@@ -55,41 +63,12 @@ MEDIAN_VARIABLES = {
     "contact_gap": "median_contact_gap",
 }
 MIN_FIT_LENGTHS = 3
-
-
-class _SortedRows:
-    """Rows of a ``(..., row)`` array sorted once, so that the median under any row
-    multiplicities (a bootstrap replicate) costs one gather, one cumulative sum and a search."""
-
-    def __init__(self, values: np.ndarray):
-        values = np.asarray(values, dtype=np.float64)
-        self.shape = values.shape
-        order = np.argsort(values, axis=-1, kind="stable")  # NaN sorts last
-        sorted_values = np.take_along_axis(values, order, axis=-1)
-        self.sorted = sorted_values.reshape(-1)
-        # Missing rows (NaN) point at a zero-weight slot appended to the row weights.
-        self.order = np.where(np.isnan(sorted_values), values.shape[-1], order)
-
-    def medians(self, row_weights: np.ndarray) -> np.ndarray:
-        """Median over rows where row ``i`` counts ``row_weights[i]`` times; NaN if no row."""
-        rows = self.shape[-1]
-        # int32 halves the memory traffic where the global cumulative sum cannot overflow it.
-        bound = self.order.size * max(int(np.max(row_weights, initial=0)), 1)
-        dtype = np.int32 if bound < 2**31 else np.int64
-        weights = np.append(row_weights, 0).astype(dtype)[self.order].reshape(-1, rows)
-        # One cumulative sum over all lanes: lane k's expanded position p is the global
-        # position base_k + p, found on the first sorted row whose cumulative weight exceeds it.
-        cumulative = np.cumsum(weights, axis=None, dtype=dtype)
-        lane_end = cumulative[rows - 1 :: rows]
-        total = np.diff(lane_end, prepend=dtype(0))
-        base = lane_end - total
-        lane_start = np.arange(len(total), dtype=dtype) * rows
-        middle = []
-        for position in ((total - 1) // 2, total // 2):
-            found = np.searchsorted(cumulative, base + position, side="right")
-            middle.append(self.sorted[np.clip(found, lane_start, lane_start + rows - 1)])
-        medians = np.where(total > 0, 0.5 * middle[0] + 0.5 * middle[1], np.nan)
-        return medians.reshape(self.shape[:-1])
+#: Units with a point fit; those with an interval are ``fitted``.
+POINT_FIT_STATUSES = ("fitted", "too_few_units")
+DEFAULTS = {
+    "held_out": 3, "n_boot": 1000, "level": 0.9, "method": "student_t", "min_units": 8,
+    "fdr": 0.05, "fdr_method": "by", "law_share": 0.8,
+}
 
 
 def _on_ladder(stats: xr.Dataset) -> xr.Dataset:
@@ -135,8 +114,8 @@ def median_aggregates(stats: xr.Dataset) -> xr.Dataset:
     """Per ``(unit, n)`` medians over rows of ``Lambda``, ``alpha``, ``D_Lambda`` and the tied
     fraction of rows, on the ladder ``n >= 2``.  Unit coordinates (``layer``, ``head``) and the
     store's attributes are kept."""
-    values, ladder, sequence_codes = _row_variables(stats)
-    medians = _SortedRows(values).medians(np.ones(len(sequence_codes), dtype=np.int64))
+    values, ladder, unit_codes = _row_variables(stats)
+    medians = SortedRows(values, unit_codes).medians(np.ones(int(unit_codes.max()) + 1, dtype=np.int64))
     tied_fraction = _tied_rows(stats).mean(axis=-1)
     unit_coords = {
         name: ("unit", stats[name].values)
@@ -181,39 +160,10 @@ def _statsmodels_fits(x: np.ndarray, log_values: np.ndarray) -> np.ndarray:
     return out
 
 
-def heldout_errors(log_n: np.ndarray, log_lambda: np.ndarray, held_out: int) -> dict[str, np.ndarray]:
-    """Held-out mean squared log error of each law in :data:`LAWS`.
-
-    ``log_lambda`` is ``(unit, n)`` on the ascending ladder ``log_n``; each law is fitted in log
-    space on all but the ``held_out`` largest lengths and scored on those.
-    """
-    train, test = slice(None, -held_out), slice(-held_out, None)
-    log_log_n = np.log(log_n)
-    y_train, y_test = log_lambda[:, train], log_lambda[:, test]
-    predictions = {}
-    for law, exponent in FIXED_LOG_EXPONENTS.items():
-        level = np.mean(y_train - exponent * log_log_n[train], axis=-1, keepdims=True)
-        predictions[law] = level + exponent * log_log_n[test]
-    for law, regressor in (("free", log_log_n), ("power", log_n)):
-        slope = _ols_slopes(regressor[train], y_train)[:, None]
-        level = np.mean(y_train, axis=-1, keepdims=True) - slope * regressor[train].mean()
-        predictions[law] = level + slope * regressor[test]
-    return {law: np.mean((predictions[law] - y_test) ** 2, axis=-1) for law in LAWS}
-
-
-def law_winners(errors: dict[str, np.ndarray], tie_tolerance: float) -> np.ndarray:
-    """Per unit the law with the lowest held-out error, the simplest among those within
-    ``tie_tolerance`` of it; NaN (object) where no law could be scored."""
-    table = np.stack([errors[law] for law in LAWS], axis=-1)
-    scored = np.all(np.isfinite(table), axis=-1)
-    best = np.min(np.where(np.isfinite(table), table, np.inf), axis=-1, keepdims=True)
-    first_within = np.argmax(table <= best + tie_tolerance, axis=-1)
-    return np.where(scored, np.asarray(LAWS, dtype=object)[first_within], np.nan)
-
-
-def _fit_status(median_lambda: np.ndarray) -> np.ndarray:
-    """Why a unit is or is not fitted, from its ``(unit, n)`` median ``Lambda``."""
-    status = np.full(median_lambda.shape[0], "fitted", dtype=object)
+def _fit_status(median_lambda: np.ndarray, n_units: int, min_units: int) -> np.ndarray:
+    """Why a unit is or is not fitted, from its ``(unit, n)`` median ``Lambda`` and the number
+    of independent units of the store."""
+    status = np.full(median_lambda.shape[0], "fitted" if n_units >= min_units else "too_few_units", dtype=object)
     degenerate = ~np.all(np.isfinite(median_lambda) & (median_lambda > 0), axis=-1)
     status[degenerate] = "degenerate"
     status[np.any(np.isposinf(median_lambda), axis=-1)] = "tied"
@@ -222,103 +172,104 @@ def _fit_status(median_lambda: np.ndarray) -> np.ndarray:
     return status
 
 
-def _bootstrap_slopes(
-    rows: _SortedRows,
-    sequence_codes: np.ndarray,
-    regressors: tuple[np.ndarray, ...],
-    n_boot: int,
-    seed: int,
-) -> np.ndarray:
-    """Bootstrap slopes ``(n_boot, regressor, variable, unit)``: sequences drawn with replacement,
-    the medians of ``rows`` recomputed, and each variable's log medians regressed on each regressor.
-    NaN where a replicate's medians are not all finite and positive."""
-    n_sequences = int(sequence_codes.max()) + 1
-    draws = np.random.default_rng(seed).integers(0, n_sequences, size=(n_boot, n_sequences))
-    slopes = np.empty((n_boot, len(regressors)) + rows.shape[:2])
-    for replicate, drawn in enumerate(draws):
-        multiplicity = np.bincount(drawn, minlength=n_sequences)
-        log_medians = _positive_logs(rows.medians(multiplicity[sequence_codes]))
-        for index, x in enumerate(regressors):
-            slopes[replicate, index] = _ols_slopes(x, log_medians)
-    return slopes
+def _check_settings(held_out, n_boot, level, method, min_units, fdr, fdr_method, law_share) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"fitting level must be in (0, 1), got {level}")
+    if held_out < 1 or n_boot < 2:
+        raise ValueError(f"fitting held_out must be >= 1 and bootstrap >= 2, got {held_out} and {n_boot}")
+    if min_units < 2:
+        raise ValueError(f"fitting min_units must be >= 2 (one unit has no spread), got {min_units}")
+    if not 0 < law_share <= 1:
+        raise ValueError(f"fitting law_share must be in (0, 1], got {law_share}")
+    intervals.check_method(method)
+    intervals.check_fdr(fdr, fdr_method)
 
 
-def _percentile_interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(low, high, valid fraction)`` of percentile intervals over axis 0, ignoring NaN samples;
-    NaN where fewer than ``level`` of the samples are valid."""
-    valid_fraction = np.mean(np.isfinite(samples), axis=0)
-    quantiles = [(1 - level) / 2, (1 + level) / 2]
-    bounds = np.full((2,) + samples.shape[1:], np.nan)
-    complete = valid_fraction == 1
-    bounds[:, complete] = np.quantile(samples[:, complete], quantiles, axis=0)
-    partial = (valid_fraction >= level) & ~complete  # nanquantile is slow: only where needed
-    if partial.any():
-        bounds[:, partial] = np.nanquantile(samples[:, partial], quantiles, axis=0)
-    return bounds[0], bounds[1], valid_fraction
+def _law_columns(log_n, point_logs, replicate_logs, held_out, tie_tolerance, law_share) -> dict:
+    """Point errors and winner, per-replicate winner frequencies and the headline law."""
+    n_units = point_logs.shape[0]
+    if not laws.can_score(len(log_n), held_out):
+        nothing = np.full(n_units, np.nan, dtype=object)
+        return {"errors": np.full((n_units, len(LAWS)), np.nan), "point_winner": nothing,
+                "frequencies": np.full((n_units, len(LAWS)), np.nan), "winner": nothing}
+    errors = laws.extrapolation_errors(log_n, point_logs, held_out)
+    replicate_winners = laws.winner_index(laws.extrapolation_errors(log_n, replicate_logs, held_out), tie_tolerance)
+    frequencies = laws.winner_frequencies(replicate_winners)
+    return {
+        "errors": errors,
+        "point_winner": laws.law_names(laws.winner_index(errors, tie_tolerance)),
+        "frequencies": frequencies,
+        "winner": laws.headline_laws(frequencies, law_share),
+    }
 
 
 def fit_source(
     stats: xr.Dataset,
-    held_out: int = 2,
-    n_boot: int = 200,
-    level: float = 0.9,
+    held_out: int = DEFAULTS["held_out"],
+    n_boot: int = DEFAULTS["n_boot"],
+    level: float = DEFAULTS["level"],
     seed: int = 0,
     tie_tolerance: float = 1e-10,
+    method: str = DEFAULTS["method"],
+    min_units: int = DEFAULTS["min_units"],
+    fdr: float = DEFAULTS["fdr"],
+    fdr_method: str = DEFAULTS["fdr_method"],
+    law_share: float = DEFAULTS["law_share"],
 ) -> pd.DataFrame:
     """Fit every unit of a statistics store: one tidy row per unit (see the module docstring).
 
     Columns: ``source, kind, unit, layer, head, fit_status, n_min, n_max, n_lengths,
-    n_sequences, tied_fraction, xi, xi_low, xi_high, xi_se, free_law_coefficient, xi_alpha,
-    xi_alpha_low, xi_alpha_high, xi_D, xi_D_low, xi_D_high, xi_decomposed,
-    decomposition_residual, power_exponent, power_exponent_low, power_exponent_high,
-    power_exponent_se, boot_valid_fraction, law_winner, heldout_error_<law>`` for each law in
-    :data:`LAWS`, ``excludes_one`` (nullable bool: the ``xi`` interval excludes 1; NA where
-    there is no interval), ``ci_level, n_boot``.  ``free_law_coefficient`` is ``c`` of
+    n_sequences, tied_fraction, xi, xi_low, xi_high, xi_se, xi_resampling_se, p_value_xi_one,
+    p_adjusted_xi_one, free_law_coefficient, xi_alpha, xi_alpha_low, xi_alpha_high, xi_D,
+    xi_D_low, xi_D_high, xi_decomposed, decomposition_residual, power_exponent,
+    power_exponent_low, power_exponent_high, power_exponent_se, boot_valid_fraction,
+    law_winner, law_point_winner, law_frequency_<law>, heldout_error_<law>`` for each law in
+    :data:`LAWS`, ``excludes_one`` (nullable bool, raw: the ``xi`` interval excludes 1),
+    ``discovery`` (nullable bool, FDR-controlled: ``xi != 1`` at ``fdr``), ``ci_level, n_boot,
+    interval_method, fdr, fdr_method``.  ``free_law_coefficient`` is ``c`` of
     ``median Lambda_n = c (log n)^xi``.  ``df.attrs["provenance"]`` records the settings and
     the store's provenance.
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if held_out < 1 or n_boot < 1:
-        raise ValueError(f"held_out and n_boot must be >= 1, got {held_out} and {n_boot}")
-    values, ladder, sequence_codes = _row_variables(stats)
+    _check_settings(held_out, n_boot, level, method, min_units, fdr, fdr_method, law_share)
+    values, ladder, unit_codes = _row_variables(stats)
     if len(ladder) == 0:
         raise ValueError("the store has no context length n >= 2 to fit")
+    n_units = int(unit_codes.max()) + 1
     log_n = np.log(ladder.astype(np.float64))
     log_log_n = np.log(log_n)
-    rows = _SortedRows(values)
-    medians = rows.medians(np.ones(len(sequence_codes), dtype=np.int64))  # (variable, unit, n)
-    log_medians = _positive_logs(medians)
-    status = _fit_status(medians[0])
-    fitted = status == "fitted"
-    fitted_logs = np.where(fitted[None, :, None], log_medians, np.nan)
+    rows = SortedRows(values, unit_codes)
+    medians = rows.medians(np.ones(n_units, dtype=np.int64))  # (variable, unit, n)
+    status = _fit_status(medians[0], n_units, min_units)
+    has_point, resampled = np.isin(status, POINT_FIT_STATUSES), status == "fitted"
+    point_logs = np.where(has_point[None, :, None], _positive_logs(medians), np.nan)
     point = {
-        "xi": _statsmodels_fits(log_log_n, fitted_logs[0]),
-        "xi_alpha": _statsmodels_fits(log_log_n, fitted_logs[1]),
-        "xi_D": _statsmodels_fits(log_log_n, fitted_logs[2]),
-        "power": _statsmodels_fits(log_n, fitted_logs[0]),
+        "xi": _statsmodels_fits(log_log_n, point_logs[0]),
+        "xi_alpha": _statsmodels_fits(log_log_n, point_logs[1]),
+        "xi_D": _statsmodels_fits(log_log_n, point_logs[2]),
+        "power_exponent": _statsmodels_fits(log_n, point_logs[0]),
     }
 
-    slopes = _bootstrap_slopes(rows, sequence_codes, (log_log_n, log_n), n_boot, seed)
-    slopes[..., ~fitted] = np.nan
-    intervals = {
-        "xi": _percentile_interval(slopes[:, 0, 0], level),
-        "xi_alpha": _percentile_interval(slopes[:, 0, 1], level),
-        "xi_D": _percentile_interval(slopes[:, 0, 2], level),
-        "power_exponent": _percentile_interval(slopes[:, 1, 0], level),
+    # Every replicate draws the units once, for all variables, units and laws alike.
+    replicate_medians = rows.medians(unit_multiplicities(n_units, n_boot, seed))  # (B, variable, unit, n)
+    replicate_logs = np.where(resampled[None, None, :, None], _positive_logs(replicate_medians), np.nan)
+    replicate_slopes = {
+        "xi": _ols_slopes(log_log_n, replicate_logs[:, 0]),
+        "xi_alpha": _ols_slopes(log_log_n, replicate_logs[:, 1]),
+        "xi_D": _ols_slopes(log_log_n, replicate_logs[:, 2]),
+        "power_exponent": _ols_slopes(log_n, replicate_logs[:, 0]),
     }
+    bounds = {
+        name: intervals.resampling_interval(point[name][:, 0], replicate_slopes[name], n_units, level, method)
+        for name in point
+    }
+    law = _law_columns(log_n, point_logs[0], replicate_logs[:, 0], held_out, tie_tolerance, law_share)
+    law["winner"] = np.where(resampled, law["winner"], np.nan)
 
-    if len(ladder) >= held_out + 2:  # two-parameter laws need two training lengths
-        errors = heldout_errors(log_n, fitted_logs[0], held_out)
-    else:
-        errors = {law: np.full(len(status), np.nan) for law in LAWS}
-
-    xi_decomposed = point["xi_alpha"][:, 0] - point["xi_D"][:, 0] + 1
-    xi_low, xi_high, _ = intervals["xi"]
-    has_interval = np.isfinite(xi_low) & np.isfinite(xi_high)
-    # A tolerance, so that an exact law (the simplex: xi = 1 to rounding) never "excludes" 1.
-    outside = (xi_low > 1 + EXCLUDES_ONE_TOLERANCE) | (xi_high < 1 - EXCLUDES_ONE_TOLERANCE)
-    excludes_one = pd.array(np.where(has_interval, outside, None), dtype="boolean")
+    xi = bounds["xi"]
+    positive_width = xi["high"] - xi["low"] > 0
+    outside = (xi["low"] > 1 + EXCLUDES_ONE_TOLERANCE) | (xi["high"] < 1 - EXCLUDES_ONE_TOLERANCE)
+    excludes_one = pd.array(np.where(positive_width, outside, None), dtype="boolean")
+    discovery, p_adjusted = intervals.fdr_decisions(xi["p_value"], fdr, fdr_method)
 
     table = unit_labels(stats)
     table.insert(0, "kind", stats.attrs.get("kind", ""))
@@ -326,29 +277,36 @@ def fit_source(
     table["fit_status"] = status
     table["n_min"], table["n_max"] = int(ladder[0]), int(ladder[-1])
     table["n_lengths"] = len(ladder)
-    table["n_sequences"] = int(sequence_codes.max()) + 1
+    table["n_sequences"] = n_units
     table["tied_fraction"] = _tied_rows(stats).mean(axis=(1, 2))
-    table["xi"], table["xi_low"], table["xi_high"] = point["xi"][:, 0], xi_low, xi_high
+    table["xi"], table["xi_low"], table["xi_high"] = point["xi"][:, 0], xi["low"], xi["high"]
     table["xi_se"] = point["xi"][:, 2]
+    table["xi_resampling_se"] = xi["se"]
+    table["p_value_xi_one"], table["p_adjusted_xi_one"] = xi["p_value"], p_adjusted
     table["free_law_coefficient"] = np.exp(point["xi"][:, 1])
     for name in ("xi_alpha", "xi_D"):
         table[name] = point[name][:, 0]
-        table[f"{name}_low"], table[f"{name}_high"], _ = intervals[name]
-    table["xi_decomposed"] = xi_decomposed
-    table["decomposition_residual"] = point["xi"][:, 0] - xi_decomposed
-    table["power_exponent"] = point["power"][:, 0]
-    table["power_exponent_low"], table["power_exponent_high"], _ = intervals["power_exponent"]
-    table["power_exponent_se"] = point["power"][:, 2]
-    table["boot_valid_fraction"] = np.where(fitted, intervals["xi"][2], np.nan)
-    table["law_winner"] = law_winners(errors, tie_tolerance)
-    for law in LAWS:
-        table[f"heldout_error_{law}"] = errors[law]
-    table["excludes_one"] = excludes_one
-    table["ci_level"] = level
-    table["n_boot"] = n_boot
+        table[f"{name}_low"], table[f"{name}_high"] = bounds[name]["low"], bounds[name]["high"]
+    table["xi_decomposed"] = point["xi_alpha"][:, 0] - point["xi_D"][:, 0] + 1
+    table["decomposition_residual"] = table["xi"] - table["xi_decomposed"]
+    table["power_exponent"] = point["power_exponent"][:, 0]
+    table["power_exponent_low"] = bounds["power_exponent"]["low"]
+    table["power_exponent_high"] = bounds["power_exponent"]["high"]
+    table["power_exponent_se"] = point["power_exponent"][:, 2]
+    table["boot_valid_fraction"] = np.where(resampled, xi["valid_fraction"], np.nan)
+    table["law_winner"], table["law_point_winner"] = law["winner"], law["point_winner"]
+    for index, name in enumerate(LAWS):
+        table[f"law_frequency_{name}"] = np.where(resampled, law["frequencies"][:, index], np.nan)
+    for index, name in enumerate(LAWS):
+        table[f"heldout_error_{name}"] = law["errors"][:, index]
+    table["excludes_one"], table["discovery"] = excludes_one, discovery
+    table["ci_level"], table["n_boot"], table["interval_method"] = level, n_boot, method
+    table["fdr"], table["fdr_method"] = fdr, fdr_method
     settings = {
         "held_out": held_out, "n_boot": n_boot, "level": level, "seed": seed,
-        "tie_tolerance": tie_tolerance, "aggregate": "median over rows", "resample": "sequence",
+        "tie_tolerance": tie_tolerance, "method": method, "min_units": min_units, "fdr": fdr,
+        "fdr_method": fdr_method, "law_share": law_share,
+        "aggregate": "median over rows", "resample": "sequence",
     }
     table.attrs["provenance"] = provenance(
         {"fitting": settings},
@@ -360,7 +318,8 @@ def fit_source(
 
 #: What each fit column means (written into the dataset's variable attributes).
 COLUMN_DESCRIPTIONS = {
-    "fit_status": "fitted, or why not: tied (median Lambda inf at some n), degenerate, too_few_lengths",
+    "fit_status": "fitted, or why not: tied (median Lambda inf at some n), degenerate, too_few_lengths, "
+                  "too_few_units (point xi only: fewer independent units than min_units, no interval)",
     "tied_fraction": "fraction of rows (all n) with a tie at the maximum",
     "xi": "OLS slope of log median Lambda_n on log log n",
     "xi_se": "OLS standard error of xi (rows treated as exact medians; see xi_low/xi_high)",
@@ -370,21 +329,28 @@ COLUMN_DESCRIPTIONS = {
     "xi_decomposed": "xi_alpha - xi_D + 1",
     "decomposition_residual": "xi - xi_decomposed (medians need not compose)",
     "power_exponent": "OLS slope of log median Lambda_n on log n",
+    "xi_resampling_se": "standard error of xi from resampling units (x sqrt(G/(G-1)))",
+    "p_value_xi_one": "p-value of H0: xi = 1 from the interval method",
+    "p_adjusted_xi_one": "p_value_xi_one adjusted for the false-discovery rate over the source's units",
     "boot_valid_fraction": "fraction of bootstrap replicates with finite positive medians",
-    "law_winner": "law with the lowest held-out mean squared log error",
-    "excludes_one": "1 if the xi interval excludes 1, 0 if not, NaN without an interval",
+    "law_winner": "law winning at least law_share of the resamples (lowest extrapolation error), else undecided",
+    "law_point_winner": "law with the lowest extrapolation error on the point medians",
+    "excludes_one": "raw, no multiplicity control: 1 if the xi interval (positive width) excludes 1, 0 if not, NaN without",
+    "discovery": "FDR-controlled: 1 if xi != 1 is a discovery at the fdr over the source's units, 0 if not, NaN untested",
+    **{f"law_frequency_{law}": f"share of resamples won by the {law} law" for law in LAWS},
+    **{f"heldout_error_{law}": f"mean squared log extrapolation error of the {law} law" for law in LAWS},
 }
 
 
 def fits_to_dataset(fits: pd.DataFrame, provenance_json: str | None = None) -> xr.Dataset:
     """The fit table as an ``xarray.Dataset`` on a ``fit`` dimension (one entry per source x
     unit), ready for NetCDF or Zarr.  Text columns become ``str`` (missing as ``""``), the
-    nullable ``excludes_one`` becomes float (1/0/NaN).  ``attrs["provenance"]`` is
+    nullable booleans (``excludes_one``, ``discovery``) become float (1/0/NaN).  ``attrs["provenance"]`` is
     ``provenance_json`` or the table's own."""
     data = {}
     for column in fits.columns:
         series = fits[column]
-        if column == "excludes_one":
+        if isinstance(series.dtype, pd.BooleanDtype):
             values = series.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
         elif series.dtype == object:
             values = np.asarray(series.fillna("").astype(str), dtype=object)
@@ -403,26 +369,48 @@ def fits_to_dataset(fits: pd.DataFrame, provenance_json: str | None = None) -> x
     return ds
 
 
+def _count(flags: pd.Series) -> int:
+    return int(flags.astype("boolean").fillna(False).astype(bool).sum())
+
+
 def headline(fits: pd.DataFrame) -> pd.DataFrame:
-    """One row per source: how many units were fitted, the median ``xi``, the fraction of fitted
-    units whose interval excludes 1 (the paper's claim: ``xi = 1`` is not universal) and how many
-    units each law won on the held-out largest ``n``."""
+    """One row per source: units with a point ``xi`` and with an interval, the median ``xi``, the
+    paper's claim (``xi = 1`` is not universal) as the FDR-controlled fraction of units with
+    ``xi != 1`` (``fraction_excluding_one_fdr``) next to the raw, uncontrolled fraction whose
+    interval excludes 1 (``fraction_excluding_one_raw``) and the false discoveries to expect of
+    each, and per law the units it wins decidedly (``won_by_<law>``), the undecided units and the
+    law's mean winning frequency over resamples."""
     rows = []
     for source, table in fits.groupby("source", sort=False):
-        fitted = table[table["fit_status"] == "fitted"]
-        with_interval = fitted["excludes_one"].dropna()
+        with_xi = table[np.isfinite(table["xi"].astype(float))]
+        with_interval = table[table["excludes_one"].notna()]
+        tested = table[table["discovery"].notna()]
+        raw, discoveries = _count(with_interval["excludes_one"]), _count(tested["discovery"])
+        level, fdr = float(table["ci_level"].iloc[0]), float(table["fdr"].iloc[0])
         row = {
             "source": source,
             "kind": table["kind"].iloc[0],
             "units": len(table),
-            "fitted_units": len(fitted),
-            "median_xi": fitted["xi"].median(),
-            "xi_q10": fitted["xi"].quantile(0.1),
-            "xi_q90": fitted["xi"].quantile(0.9),
+            "fitted_units": len(with_xi),
             "units_with_interval": len(with_interval),
-            "fraction_excluding_one": with_interval.astype(bool).mean() if len(with_interval) else np.nan,
+            "median_xi": with_xi["xi"].median(),
+            "xi_q10": with_xi["xi"].quantile(0.1),
+            "xi_q90": with_xi["xi"].quantile(0.9),
+            "fdr": fdr,
+            "fdr_method": table["fdr_method"].iloc[0],
+            "discoveries_fdr": discoveries,
+            "fraction_excluding_one_fdr": discoveries / len(tested) if len(tested) else np.nan,
+            # FDR = E[false / discoveries] <= fdr: about fdr x discoveries of them are false.
+            "expected_false_discoveries_fdr": fdr * discoveries,
+            "excluding_one_raw": raw,
+            "fraction_excluding_one_raw": raw / len(with_interval) if len(with_interval) else np.nan,
+            # Uncontrolled: if no unit had xi != 1, (1 - level) of the intervals would still exclude 1.
+            "expected_false_raw_if_all_null": (1 - level) * len(with_interval),
+            "undecided_units": int((table["law_winner"] == laws.UNDECIDED).sum()),
         }
         for law in LAWS:
-            row[f"won_by_{law}"] = int((fitted["law_winner"] == law).sum())
+            row[f"won_by_{law}"] = int((table["law_winner"] == law).sum())
+        for law in LAWS:
+            row[f"mean_frequency_{law}"] = table[f"law_frequency_{law}"].mean()
         rows.append(row)
     return pd.DataFrame(rows)
