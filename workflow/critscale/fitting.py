@@ -160,6 +160,13 @@ def _statsmodels_fits(x: np.ndarray, log_values: np.ndarray) -> np.ndarray:
     return out
 
 
+def settings_from_config(fitting_config: dict) -> dict:
+    """:func:`fit_source` keyword arguments from the config's ``fitting`` section (its
+    ``bootstrap`` is ``n_boot``; missing keys take :data:`DEFAULTS`)."""
+    names = {"bootstrap": "n_boot", **{key: key for key in DEFAULTS if key != "n_boot"}}
+    return {argument: fitting_config.get(key, DEFAULTS[argument]) for key, argument in names.items()}
+
+
 def _fit_status(median_lambda: np.ndarray, n_units: int, min_units: int) -> np.ndarray:
     """Why a unit is or is not fitted, from its ``(unit, n)`` median ``Lambda`` and the number
     of independent units of the store."""

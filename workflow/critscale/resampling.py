@@ -22,19 +22,16 @@ def unit_multiplicities(n_units: int, replicates: int, seed: int) -> np.ndarray:
 
 
 @numba.njit(parallel=True, cache=True)
-def _weighted_medians(sorted_values, sorted_units, unit_counts, multiplicity):  # pragma: no cover - compiled
+def _weighted_medians(sorted_values, sorted_units, totals, multiplicity):  # pragma: no cover - compiled
     """``(replicate, lane)`` medians: lane ``l``'s sorted rows, row ``k`` counted
     ``multiplicity[b, sorted_units[l, k]]`` times (a missing row, sorted last, has code ``G``
-    and ``multiplicity[:, G] = 0``).
-    ``unit_counts[l, g]`` is the number of non-missing rows of unit ``g`` in lane ``l``."""
+    and ``multiplicity[:, G] = 0``); ``totals[b, l]`` is the lane's weighted row count."""
     lanes, rows = sorted_values.shape
-    replicates, n_units = multiplicity.shape[0], unit_counts.shape[1]
+    replicates = multiplicity.shape[0]
     out = np.empty((replicates, lanes))
     for lane in numba.prange(lanes):
         for b in range(replicates):
-            total = 0
-            for g in range(n_units):
-                total += multiplicity[b, g] * unit_counts[lane, g]
+            total = totals[b, lane]
             if total == 0:
                 out[b, lane] = np.nan
                 continue
@@ -83,6 +80,8 @@ class SortedRows:
             raise ValueError(f"multiplicity must be (G,) or (B, G) with G = {self.n_units}, got {multiplicity.shape}")
         replicates = np.atleast_2d(multiplicity)
         padded = np.concatenate([replicates, np.zeros((len(replicates), 1), np.int64)], axis=1)
-        medians = _weighted_medians(self.sorted, self.sorted_units, self.unit_counts, padded)
+        # Weighted row counts per (replicate, lane) by one product (exact: integers far below 2**53).
+        totals = np.rint(replicates.astype(np.float64) @ self.unit_counts.T.astype(np.float64)).astype(np.int64)
+        medians = _weighted_medians(self.sorted, self.sorted_units, totals, padded)
         medians = medians.reshape((-1, *self.shape))
         return medians[0] if multiplicity.ndim == 1 else medians

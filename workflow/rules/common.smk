@@ -46,6 +46,7 @@ def family_spec(wildcards):
 def all_targets():
     return [
         result("tables", "fits.csv"),
+        result("tables", "coverage.csv"),
         result("tables", "theory_check.csv"),
         *figure_targets(),
         *prescription_targets(),

@@ -25,3 +25,18 @@ rule fit_table:
         result("logs", "fit_table.log"),
     script:
         "../scripts/fit_table.py"
+
+
+rule coverage:
+    output:
+        result("tables", "coverage.csv"),
+    params:
+        fitting=canonical(config["fitting"]),
+        seed=config["seed"],
+    log:
+        result("logs", "coverage.log"),
+    benchmark:
+        result("benchmarks", "coverage.tsv")
+    threads: 2
+    script:
+        "../scripts/coverage.py"

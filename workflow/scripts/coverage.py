@@ -1,0 +1,11 @@
+"""Coverage of the fit's intervals on synthetic sources with known xi (critscale.coverage)."""
+
+import numba
+
+from critscale import coverage, runlog
+
+runlog.to_file(snakemake.log[0])
+numba.set_num_threads(snakemake.threads)  # the resampling kernel: as many threads as the job has
+table = coverage.coverage_from_config(snakemake.params.fitting, snakemake.params.seed)
+table.to_csv(snakemake.output[0], index=False)
+print(table.to_string())
