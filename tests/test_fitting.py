@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from critscale.fitting import LAWS, _SortedRows, fit_source, fits_to_dataset, median_aggregates
+from critscale.fitting import LAWS, fit_source, fits_to_dataset, headline, median_aggregates
+from critscale.resampling import SortedRows
 from critscale.storage import open_store, write_dataset
 from synthetic_stats import LADDER, log_law_stats, stats_from_rows
 
@@ -15,20 +16,23 @@ WIDE_LADDER = tuple(2**k for k in range(4, 22, 2))
 
 def test_weighted_median_equals_median_of_expanded_rows():
     rng = np.random.default_rng(3)
-    for _ in range(200):
+    for _ in range(100):
         rows = int(rng.integers(1, 9))
+        units = np.unique(rng.integers(0, 4, rows), return_inverse=True)[1]
         values = np.where(
             rng.random((2, 3, rows)) < 0.5,
             rng.normal(size=(2, 3, rows)),
             rng.choice([0.5, 1.0, 2.0, np.inf, np.nan], size=(2, 3, rows)),
         )
-        weights = rng.integers(0, 4, rows)
-        got = _SortedRows(values).medians(weights)
-        for index in np.ndindex(2, 3):
-            expanded = np.repeat(values[index], weights)
+        multiplicity = rng.integers(0, 4, (5, units.max() + 1))
+        got = SortedRows(values, units).medians(multiplicity)
+        assert got.shape == (5, 2, 3)
+        for replicate, index in np.ndindex(5, 6):
+            lane = np.unravel_index(index, (2, 3))
+            expanded = np.repeat(values[lane], multiplicity[replicate][units])
             expanded = expanded[~np.isnan(expanded)]
             expected = np.median(expanded) if expanded.size else np.nan
-            np.testing.assert_equal(got[index], expected)
+            np.testing.assert_equal(got[(replicate, *lane)], expected)
 
 
 def test_recovers_known_exponents_within_their_intervals():
@@ -41,6 +45,7 @@ def test_recovers_known_exponents_within_their_intervals():
         assert fit.xi_low < fit.xi < fit.xi_high
         assert abs(fit.xi - exponent) < 0.15
     assert list(fits["excludes_one"]) == [True, False, True, True]
+    assert list(fits["discovery"]) == [True, False, True, True]
 
 
 def test_interval_coverage_is_near_its_level():
@@ -81,9 +86,11 @@ def test_bootstrap_resamples_sequences_not_rows():
 )
 def test_law_winner_is_the_true_law_on_clean_data(law, scale):
     log_n = np.log(np.asarray(WIDE_LADDER, dtype=np.float64))
-    rows = np.broadcast_to(scale(log_n)[None, :, None], (1, len(WIDE_LADDER), 5))
+    rows = np.broadcast_to(scale(log_n)[None, :, None], (1, len(WIDE_LADDER), 8))
     fit = fit_source(stats_from_rows(rows, n_ladder=WIDE_LADDER), n_boot=20).iloc[0]
-    assert fit.law_winner == law
+    # Noise-free: every resample picks the same law, so the headline is decided.
+    assert fit.law_winner == fit.law_point_winner == law
+    assert fit[f"law_frequency_{law}"] == 1
     assert fit[f"heldout_error_{law}"] < 1e-20
     assert set(LAWS) == {column.removeprefix("heldout_error_") for column in fit.index if column.startswith("heldout_error_")}
 
@@ -94,7 +101,7 @@ def test_power_exponent_of_polynomial_scale():
     rows = n[None, :, None] ** 0.5 * np.exp(rng.normal(0, 0.1, (1, len(n), 64)))
     fit = fit_source(stats_from_rows(rows)).iloc[0]
     assert fit.power_exponent_low <= 0.5 <= fit.power_exponent_high
-    assert fit.law_winner == "power"
+    assert fit.law_winner == "power" and fit.law_frequency_power >= 0.8
 
 
 def test_decomposition_is_exact_for_deterministic_alpha_and_gap():
@@ -128,6 +135,7 @@ def test_tied_units_are_reported_not_fitted():
     tied = fits.iloc[0]
     fit_columns = ["xi", "xi_low", "xi_high", "xi_se", "xi_alpha", "xi_D", "power_exponent"]
     assert tied[fit_columns].isna().all() and pd.isna(tied.law_winner) and pd.isna(tied.excludes_one)
+    assert pd.isna(tied.discovery) and np.isnan(tied.p_value_xi_one)
     assert np.isfinite(fits.iloc[1][fit_columns].astype(float)).all()
     medians = median_aggregates(stats_from_rows(scale))
     assert np.isposinf(medians["median_lambda"].values[0]).all()
@@ -178,3 +186,77 @@ def test_model_labels_and_dataset_round_trip(tmp_path):
     assert list(back["unit"].values) == ["L0H3", "L1H3"]
     np.testing.assert_array_equal(back["excludes_one"].values, fits["excludes_one"].astype(float))
     assert back.attrs["provenance"] == fits.attrs["provenance"]
+
+
+@pytest.mark.parametrize("n_sequences", [1, 2, 3])
+def test_too_few_units_give_no_interval_and_no_claim(n_sequences):
+    # Rows of a window are identical (one draw per window): with 1 window every resample is the
+    # same and the percentile interval used to have zero width and "exclude 1".
+    stats = log_law_stats([0.5, 2.0], n_sequences=n_sequences, rows_per_sequence=8, identical_within_sequence=True)
+    fits = fit_source(stats, n_boot=50)
+    assert list(fits["fit_status"]) == ["too_few_units"] * 2
+    assert np.isfinite(fits["xi"]).all()
+    for column in ("xi_low", "xi_high", "p_value_xi_one", "xi_alpha_low", "power_exponent_high"):
+        assert fits[column].isna().all(), column
+    assert fits["excludes_one"].isna().all() and fits["discovery"].isna().all() and fits["law_winner"].isna().all()
+    assert fits["law_point_winner"].notna().all()
+
+
+def test_min_units_is_configurable_and_checked():
+    stats = log_law_stats([0.5], n_sequences=6, rows_per_sequence=2)
+    assert fit_source(stats, n_boot=50).iloc[0].fit_status == "fitted"
+    assert fit_source(stats, n_boot=50, min_units=7).iloc[0].fit_status == "too_few_units"
+    for bad, message in [
+        (dict(min_units=1), "min_units"), (dict(method="bca"), "method"), (dict(fdr=0.0), "fdr"),
+        (dict(fdr_method="holm"), "fdr_method"), (dict(law_share=1.5), "law_share"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fit_source(stats, n_boot=50, **bad)
+
+
+def test_zero_width_interval_never_excludes_one():
+    # Deterministic rows with xi = 0.5: every resample gives the same slope.
+    log_n = np.log(np.asarray(LADDER, dtype=np.float64))
+    rows = np.broadcast_to((log_n**0.5)[None, :, None], (1, len(LADDER), 12))
+    fit = fit_source(stats_from_rows(rows), n_boot=50).iloc[0]
+    assert fit.fit_status == "fitted" and fit.xi == pytest.approx(0.5)
+    assert fit.xi_high - fit.xi_low == 0
+    assert pd.isna(fit.excludes_one) and pd.isna(fit.discovery) and np.isnan(fit.p_value_xi_one)
+
+
+def test_student_t_interval_and_p_value_say_the_same():
+    fits = fit_source(log_law_stats(np.linspace(0.7, 1.3, 40), n_sequences=12, rows_per_sequence=4, seed=4), n_boot=200)
+    has = fits["excludes_one"].notna()
+    assert has.all()
+    np.testing.assert_array_equal(fits["excludes_one"].astype(bool), fits["p_value_xi_one"] < 0.1)
+    # The interval is symmetric about xi with half-width t_{G-1} * se.
+    from scipy import stats as scipy_stats
+
+    half = scipy_stats.t.ppf(0.95, 11) * fits["xi_resampling_se"]
+    np.testing.assert_allclose(fits["xi_high"] - fits["xi"], half, rtol=1e-12)
+    np.testing.assert_allclose(fits["xi"] - fits["xi_low"], half, rtol=1e-12)
+
+
+def test_fdr_controls_the_claim_over_many_null_units():
+    # 200 units, all with xi = 1: the raw count has about 10% false "excludes 1", FDR ~ none.
+    fits = fit_source(log_law_stats(np.ones(200), n_sequences=16, rows_per_sequence=2, seed=9), n_boot=200)
+    assert 8 <= fits["excludes_one"].astype(bool).sum() <= 40
+    assert fits["discovery"].astype(bool).sum() <= 1
+    summary = headline(fits).iloc[0]
+    assert summary.fraction_excluding_one_raw == fits["excludes_one"].astype(bool).mean()
+    assert summary.fraction_excluding_one_fdr == fits["discovery"].astype(bool).mean()
+    assert summary.expected_false_raw_if_all_null == pytest.approx(0.1 * 200)
+    assert summary.expected_false_discoveries_fdr == pytest.approx(0.05 * summary.discoveries_fdr)
+
+
+def test_headline_counts_decided_laws_and_undecided_units():
+    fits = fit_source(log_law_stats([0.0, 0.0, 1.0, 2.0], n_sequences=32, rows_per_sequence=4, sigma=0.05, seed=2))
+    summary = headline(fits).iloc[0]
+    won = sum(summary[f"won_by_{law}"] for law in LAWS)
+    assert won + summary.undecided_units == summary.units_with_interval == 4
+    # The two constant units are decided for the constant law or undecided, never for another law.
+    assert summary.won_by_constant >= 1 and summary.won_by_sqrt_log == 0
+    assert summary.undecided_units == (fits["law_winner"] == "undecided").sum()
+    assert set(fits["law_winner"][:2]) <= {"constant", "undecided"}
+    frequencies = fits[[f"law_frequency_{law}" for law in LAWS]].to_numpy()
+    np.testing.assert_allclose(frequencies.sum(axis=1), 1.0)

@@ -66,7 +66,7 @@ MIN_FIT_LENGTHS = 3
 #: Units with a point fit; those with an interval are ``fitted``.
 POINT_FIT_STATUSES = ("fitted", "too_few_units")
 DEFAULTS = {
-    "held_out": 3, "n_boot": 1000, "level": 0.9, "method": "student_t", "min_units": 8,
+    "held_out": 3, "n_boot": 1000, "level": 0.9, "method": "student_t", "min_units": 4,
     "fdr": 0.05, "fdr_method": "by", "law_share": 0.8,
 }
 

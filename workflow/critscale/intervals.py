@@ -25,6 +25,8 @@ from statsmodels.stats.multitest import multipletests
 
 METHODS = ("student_t", "percentile")
 FDR_METHODS = {"by": "fdr_by", "bh": "fdr_bh"}
+#: Relative spread of the replicates below which they count as equal (rounding, not variation).
+ZERO_SPREAD = 1e-12
 
 
 def check_method(method: str) -> None:
@@ -71,6 +73,8 @@ def resampling_interval(
     valid_fraction = valid.mean(axis=0)
     usable = (valid_fraction >= level) & np.isfinite(point)
     se = np.where(usable, _replicate_sd(replicates, valid) * np.sqrt(n_units / max(n_units - 1, 1)), np.nan)
+    # Replicates equal to rounding (e.g. a deterministic law) have no spread at all.
+    se = np.where(se <= ZERO_SPREAD * (1 + np.abs(point)), 0.0, se)
     if method == "student_t":
         quantile = stats.t.ppf((1 + level) / 2, df=max(n_units - 1, 1))
         low, high = point - quantile * se, point + quantile * se
