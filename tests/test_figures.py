@@ -69,6 +69,8 @@ def fit_rows(source, kind, units, xi, layer=None, head=None):
         "xi": xi, "xi_low": low, "xi_high": high, "free_law_coefficient": np.where(fitted, 1.3, np.nan),
         "power_exponent": np.where(fitted, 0.2, np.nan),
         "law_winner": pd.Series(np.where(fitted, "log", None), dtype=object),
+        **{f"law_frequency_{law}": np.where(fitted, float(law == "log"), np.nan) for law in figures.LAWS},
+        "law_share": 0.8,
         "excludes_one": pd.array([bool(l > 1 or h < 1) if f else None for l, h, f in zip(low, high, fitted)],
                                  dtype="boolean"),
     })
@@ -178,14 +180,19 @@ def test_xi_heatmap_marks_intervals_excluding_one_and_unfitted_heads(model_fits,
         figures.xi_heatmap(fit_rows("gaussian", "family", ["gaussian"], [0.77]))
 
 
-def test_law_winners_counts_units(model_fits, tmp_path):
+def test_law_winners_counts_units_and_shows_frequencies(model_fits, tmp_path):
+    model_fits.loc[0, "law_winner"] = "undecided"
     fig = figures.law_winners(model_fits)
     saved_png(fig, tmp_path / "laws.png")
-    ax = fig.axes[0]
-    assert "held-out" in ax.get_xlabel() and "won" in ax.get_ylabel()
-    (bars,) = ax.containers  # one source: one bar per law, in the order of the ticks
-    heights = dict(zip([tick.get_text() for tick in ax.get_xticklabels()], bars.datavalues))
-    assert heights[r"$\log n$"] == 3 and heights["not scored"] == 1 and heights[r"$(\log n)^2$"] == 0
+    left, right = fig.axes[:2]
+    assert "80%" in left.get_xlabel() and "won" in left.get_ylabel()
+    (bars,) = left.containers  # one source: one bar per outcome, in the order of the ticks
+    heights = dict(zip([tick.get_text() for tick in left.get_xticklabels()], bars.datavalues))
+    assert heights[r"$\log n$"] == 2 and heights["undecided"] == 1 and heights["not scored"] == 1
+    assert heights[r"$(\log n)^2$"] == 0 and heights["constant"] == 0
+    assert "share of resamples" in right.get_ylabel()
+    assert [tick.get_text() for tick in right.get_xticklabels()][0] == "constant"
+    assert any(line.get_ydata()[0] == 0.8 for line in right.get_lines())  # the law_share threshold
 
 
 def test_rule_drift_and_operating_points_handle_ties(tmp_path):

@@ -69,6 +69,7 @@ def test_full_run_produces_every_target(finished):
         assert (finished / "stats" / f"{family}.zarr").is_dir()
         assert (finished / "fits" / f"{family}.csv").is_file()
     assert (finished / "tables" / "fits.csv").is_file()
+    assert (finished / "tables" / "coverage.csv").is_file()
     assert (finished / "tables" / "theory_check.csv").is_file()
     assert any((finished / "figures").rglob("*.png"))
 

@@ -31,13 +31,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator, ScalarFormatter
 
 #: Candidate laws of the fit table, simplest first (as in :data:`critscale.fitting.LAWS`).
-LAWS = ("sqrt_log", "log", "log_squared", "free", "power")
+LAWS = ("constant", "sqrt_log", "log", "log_squared", "free", "power")
+#: A unit's headline law (``law_winner``): a law, ``undecided`` or, without a fit, ``not scored``.
+LAW_OUTCOMES = (*LAWS, "undecided", "not scored")
 LAW_LABELS = {
+    "constant": "constant",
     "sqrt_log": r"$\sqrt{\log n}$",
     "log": r"$\log n$",
     "log_squared": r"$(\log n)^2$",
     "free": r"$(\log n)^\xi$",
     "power": r"$n^p$",
+    "undecided": "undecided",
     "not scored": "not scored",
 }
 #: ``xi`` of the fixed laws, drawn as reference lines in the exponent table.
@@ -379,7 +383,7 @@ def exponent_table(fits: pd.DataFrame) -> Figure:
     y = np.arange(len(table))[::-1]
     fig, axes = _figure(1, 1, panel=(8.5, 1.2 + 0.38 * len(table)))
     ax = axes[0, 0]
-    winners = [law for law in (*LAWS, "not scored") if law in set(table["winner"])]
+    winners = [law for law in LAW_OUTCOMES if law in set(table["winner"])]
     palette = dict(zip(winners, sns.color_palette("colorblind", len(winners))))
     for reference, value in REFERENCE_EXPONENTS.items():
         ax.axvline(value, color="0.5", ls=":", lw=1)
@@ -461,26 +465,45 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
 
 @_styled
 def law_winners(fits: pd.DataFrame) -> Figure:
-    """How many units each candidate law wins on the held-out largest ``n``, per source.
+    """Which law of ``Lambda_n`` extrapolates best, with its uncertainty, per source.
 
-    Every law gets a bar, zero included, so that "no head follows log n" is visible."""
-    winners = fits["law_winner"].astype(object).where(fits["law_winner"].notna(), "not scored")
-    order = [*LAWS, "not scored"]
+    Left: units per headline law (a law that wins at least ``law_share`` of the resamples of
+    units), ``undecided`` units and units not scored; every outcome gets a bar, zero included, so
+    that "no head follows log n" is visible.  Right: per law, the distribution over units of the
+    share of resamples it wins, with the ``law_share`` threshold."""
+    outcomes = fits["law_winner"].astype(object).where(fits["law_winner"].notna(), "not scored").astype(str)
     sources = list(dict.fromkeys(fits["source"].astype(str)))
-    counts = (pd.crosstab(winners.astype(str), fits["source"].astype(str))
-              .reindex(index=order, columns=sources, fill_value=0)
-              .rename_axis(index="winner", columns="source").stack().rename("units").reset_index())
-    fig, axes = _figure(1, 1, panel=(max(6.0, 0.9 * len(order) * max(1, len(sources) / 2)), 4.0))
-    ax = axes[0, 0]
-    sns.barplot(data=counts, x="winner", y="units", hue="source", order=order, hue_order=sources, ax=ax,
+    counts = (pd.crosstab(outcomes, fits["source"].astype(str))
+              .reindex(index=LAW_OUTCOMES, columns=sources, fill_value=0)
+              .rename_axis(index="outcome", columns="source").stack().rename("units").reset_index())
+    frequency_columns = {f"law_frequency_{law}": law for law in LAWS}
+    frequencies = (fits.assign(source=fits["source"].astype(str))
+                   .melt(id_vars="source", value_vars=list(frequency_columns), var_name="law", value_name="frequency")
+                   .dropna(subset=["frequency"]))
+    frequencies["law"] = frequencies["law"].map(frequency_columns)
+    width = max(6.0, 0.8 * len(LAW_OUTCOMES) * max(1, len(sources) / 2))
+    fig, axes = _figure(1, 2, panel=(width, 4.0))
+    left, right = axes[0]
+    sns.barplot(data=counts, x="outcome", y="units", hue="source", order=LAW_OUTCOMES, hue_order=sources, ax=left,
                 palette="colorblind")
-    for container in ax.containers:
-        ax.bar_label(container, fontsize="x-small")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xticks(range(len(order)), [LAW_LABELS[law] for law in order])
-    ax.set(xlabel="law with the lowest held-out error", ylabel="units (heads) won",
-           title=r"Which law of $\Lambda_n$ predicts the largest $n$ best")
-    ax.legend(title="source", fontsize="small", title_fontsize="small")
+    for container in left.containers:
+        left.bar_label(container, fontsize="x-small")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xticks(range(len(LAW_OUTCOMES)), [LAW_LABELS[law] for law in LAW_OUTCOMES], rotation=30)
+    share = float(fits["law_share"].iloc[0])
+    left.set(xlabel=f"headline law (wins >= {share:.0%} of resamples of units)", ylabel="units (heads) won",
+             title=r"Which law of $\Lambda_n$ extrapolates to larger $n$")
+    left.legend(title="source", fontsize="small", title_fontsize="small")
+    if not frequencies.empty:
+        sns.boxplot(data=frequencies, x="law", y="frequency", hue="source", order=LAWS, hue_order=sources, ax=right,
+                    palette="pastel", showfliers=False, legend=False)
+        sns.stripplot(data=frequencies, x="law", y="frequency", hue="source", order=LAWS, hue_order=sources,
+                      ax=right, dodge=len(sources) > 1, size=2.5, alpha=0.5, palette="dark", legend=False)
+    right.axhline(share, color="0.3", ls="--", lw=1)
+    right.set_xticks(range(len(LAWS)), [LAW_LABELS[law] for law in LAWS], rotation=30)
+    right.set_ylim(-0.02, 1.02)
+    right.set(xlabel="law", ylabel="share of resamples won, per unit",
+              title=f"How often each law wins (dashed: {share:.0%})")
     return fig
 
 

@@ -233,7 +233,7 @@ def fit_source(
     law_winner, law_point_winner, law_frequency_<law>, heldout_error_<law>`` for each law in
     :data:`LAWS`, ``excludes_one`` (nullable bool, raw: the ``xi`` interval excludes 1),
     ``discovery`` (nullable bool, FDR-controlled: ``xi != 1`` at ``fdr``), ``ci_level, n_boot,
-    interval_method, fdr, fdr_method``.  ``free_law_coefficient`` is ``c`` of
+    interval_method, fdr, fdr_method, law_share``.  ``free_law_coefficient`` is ``c`` of
     ``median Lambda_n = c (log n)^xi``.  ``df.attrs["provenance"]`` records the settings and
     the store's provenance.
     """
@@ -308,7 +308,7 @@ def fit_source(
         table[f"heldout_error_{name}"] = law["errors"][:, index]
     table["excludes_one"], table["discovery"] = excludes_one, discovery
     table["ci_level"], table["n_boot"], table["interval_method"] = level, n_boot, method
-    table["fdr"], table["fdr_method"] = fdr, fdr_method
+    table["fdr"], table["fdr_method"], table["law_share"] = fdr, fdr_method, law_share
     settings = {
         "held_out": held_out, "n_boot": n_boot, "level": level, "seed": seed,
         "tie_tolerance": tie_tolerance, "method": method, "min_units": min_units, "fdr": fdr,
