@@ -39,4 +39,4 @@ rule coverage:
         result("benchmarks", "coverage.tsv")
     threads: 2
     script:
-        "../scripts/coverage.py"
+        "../scripts/coverage_table.py"

@@ -1,4 +1,7 @@
-"""Coverage of the fit's intervals on synthetic sources with known xi (critscale.coverage)."""
+"""Coverage of the fit's intervals on synthetic sources with known xi (critscale.coverage).
+
+Named coverage_table, not coverage: numba imports the coverage package, which a script
+called coverage.py (its folder is on sys.path) would shadow."""
 
 import numba
 
