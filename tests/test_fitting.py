@@ -260,3 +260,23 @@ def test_headline_counts_decided_laws_and_undecided_units():
     assert set(fits["law_winner"][:2]) <= {"constant", "undecided"}
     frequencies = fits[[f"law_frequency_{law}" for law in LAWS]].to_numpy()
     np.testing.assert_allclose(frequencies.sum(axis=1), 1.0)
+
+
+def test_resampled_medians_do_not_depend_on_threads():
+    import numba
+
+    from critscale.resampling import unit_multiplicities
+
+    stats = log_law_stats([0.5, 1.0, 1.5], n_sequences=16, rows_per_sequence=4, seed=3)
+    values = stats["accumulation_scale"].values
+    rows, draws = SortedRows(values, stats["sequence"].values), unit_multiplicities(16, 64, 0)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = rows.medians(draws)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = rows.medians(draws)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, many)
+    assert one.shape == (64, 3, len(LADDER)) and (draws.sum(axis=1) == 16).all()
