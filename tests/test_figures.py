@@ -6,6 +6,7 @@ import base64
 import inspect
 import itertools
 import json
+from statistics import NormalDist
 from unittest import mock
 
 import matplotlib.image
@@ -119,8 +120,9 @@ def test_scale_vs_log_n_shows_data_fit_and_theory(family_stats, tmp_path):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert r"\log n" in ax.get_xlabel() and r"\Lambda_n" in ax.get_ylabel()
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert any(text.startswith("fit") and "0.80 [0.70, 0.90]" in text for text in legend)
+    (legend,) = fig.legends  # one legend for all panels, outside them
+    legend = [text.get_text() for text in legend.get_texts()]
+    assert r"fit $c(\log n)^\xi$" in legend and "fit $\\xi$ = 0.80 [0.70, 0.90]" in ax.get_title()
     assert any("predicted median" in text for text in legend) and any("asymptotic" in text for text in legend)
     fitted = next(line for line in ax.get_lines() if line.get_label().startswith("fit"))
     np.testing.assert_allclose(fitted.get_ydata(), 1.3 * np.log(FAMILY_LADDER) ** 0.8)
@@ -171,8 +173,10 @@ def test_exponent_table_lists_every_unit_and_says_why_not_fitted(model_fits, tmp
     (ax,) = fig.axes
     assert r"\xi" in ax.get_xlabel()
     assert [tick.get_text() for tick in ax.get_yticklabels()] == ["gaussian"] + [f"toy_model: {u}" for u in MODEL_UNITS]
-    texts = [text.get_text() for text in ax.texts]
-    assert "not fitted (tied)" in texts and "0.77 [0.67, 0.87]" in texts
+    (column,) = ax.child_axes  # the values, right of the axes, one per line
+    values = [tick.get_text() for tick in column.get_yticklabels()]
+    assert values == ["0.77 [0.67, 0.87]", "0.50 [0.40, 0.60]", "1.02 [0.92, 1.12]", "1.60 [1.50, 1.70]",
+                      "not fitted (tied)"]
 
 
 def test_xi_heatmap_marks_intervals_excluding_one_and_unfitted_heads(model_fits, tmp_path):
@@ -286,7 +290,7 @@ def big_model_stats():
 
     rng = np.random.default_rng(1)
     steepness = np.tile(np.geomspace(0.7, 12.0, HEADS), LAYERS)[:, None, None]
-    rows_by_n = {n: steepness * rng.normal(size=(LAYERS * HEADS, 4, n)) for n in BIG_LADDER}
+    rows_by_n = {n: steepness * rng.normal(size=(LAYERS * HEADS, 8, n)) for n in BIG_LADDER}
     stats = build_stats(rows_by_n, GRIDS, attrs={"source": "big_model__corpus", "kind": "model"})
     layer, head = np.divmod(np.arange(LAYERS * HEADS), HEADS)
     return stats.assign_coords(unit=[f"L{l}H{h}" for l, h in zip(layer, head)], layer=("unit", layer),
@@ -300,8 +304,20 @@ def big_model_fits():
     xi = rng.normal(1.0, 0.6, LAYERS * HEADS)
     xi[::37] = np.nan  # some tied heads
     fits = fit_rows("big_model__corpus", "model", [f"L{l}H{h}" for l, h in zip(layer, head)], xi, layer, head)
+    fits["free_law_coefficient"] = np.nan  # drawn through the medians, as with a real fit
     laws = np.array(figures.LAWS, dtype=object)[rng.integers(0, len(figures.LAWS), len(fits))]
     return fits.assign(law_winner=np.where(np.isfinite(xi), laws, None))
+
+
+@pytest.fixture(scope="module")
+def narrow_scale_stats():
+    """One head, one deterministic row per n (scaled Gaussian quantiles) whose median Lambda_n
+    runs from 0.17 to 0.25 only: matplotlib's log labels read "2e-01" at every tick there."""
+    from conftest import build_stats
+
+    quantiles = {n: 10 * np.array([NormalDist().inv_cdf((k + 0.5) / n) for k in range(n)]) for n in BIG_LADDER}
+    return build_stats({n: row[None, None] for n, row in quantiles.items()}, GRIDS,
+                       attrs={"source": "narrow_model", "kind": "model"})
 
 
 def study_family_fits():
@@ -322,7 +338,7 @@ def study_family_fits():
 
 
 @pytest.fixture(scope="module")
-def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits):
+def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, narrow_scale_stats):
     """(name, figure factory) for every figure function, on families, a small and a 30 x 9 model."""
     prescriptions = pytest.importorskip("critscale.prescriptions")
     small_fits = fit_rows("toy_model", "model", MODEL_UNITS, [0.5, 1.02, 1.6, np.nan], layer=[0, 0, 1, 1],
@@ -332,7 +348,8 @@ def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits):
         "gap_counting": [lambda: figures.gap_counting(family_stats), lambda: figures.gap_counting(big_model_stats)],
         "scale_vs_log_n": [lambda: figures.scale_vs_log_n(family_stats, family_fits),
                            lambda: figures.scale_vs_log_n(model_stats, small_fits),
-                           lambda: figures.scale_vs_log_n(big_model_stats, big_model_fits)],
+                           lambda: figures.scale_vs_log_n(big_model_stats, big_model_fits),
+                           lambda: figures.scale_vs_log_n(narrow_scale_stats)],
         "collapse": [lambda: figures.collapse(family_stats), lambda: figures.collapse(big_model_stats)],
         "collapse_by_layer": [lambda: figures.collapse_by_layer(big_model_stats)],
         "exponent_table": [lambda: figures.exponent_table(study_family_fits())],
