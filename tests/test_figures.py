@@ -20,7 +20,7 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from critscale import compute, families, figures, storage
+from critscale import compute, families, figures, readme_figures, storage
 from critscale import config as study_config
 from report_check import PNG_SIGNATURE, report_problems
 
@@ -455,3 +455,48 @@ def test_figure_has_no_collisions(figure_cases, name):
     for case, make in enumerate(figure_cases[name]):
         problems = collisions(make())
         assert not problems, f"{name}, case {case}:\n" + "\n".join(problems)
+
+
+# --- README figures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study_results(tmp_path_factory, family_stats, big_model_stats, big_model_fits):
+    """A results folder like a finished study's: one family and one 30 x 9 model source."""
+    results = tmp_path_factory.mktemp("results")
+    storage.write_dataset(family_stats.load(), results / "stats" / "gaussian.zarr")
+    storage.write_dataset(big_model_stats, results / "stats" / "big_model__corpus.zarr")
+    fits = pd.concat([fit_rows("gaussian", "family", ["gaussian"], [0.8]), big_model_fits], ignore_index=True)
+    (results / "tables").mkdir()
+    fits.to_csv(results / "tables" / "fits.csv", index=False)
+    return results
+
+
+def test_readme_figures_are_small_pngs_of_the_study(study_results, tmp_path):
+    written = readme_figures.readme_figures(study_results, tmp_path / "docs" / "figures", max_kb=600)
+    assert [path.name for path in written] == ["exponent_table.png", "scale_vs_log_n.png",
+                                               "collapse_by_layer.png", "xi_heatmap.png"]
+    for path in written:
+        assert path.stat().st_size < 600_000, path.name
+        image = matplotlib.image.imread(path)
+        assert image.shape[1] > 400 and image[..., :3].std() > 0.01, path.name
+
+
+def test_readme_figures_lower_the_resolution_to_stay_under_the_limit(study_results, tmp_path):
+    fig = figures.collapse_by_layer(storage.open_store(study_results / "stats" / "big_model__corpus.zarr"))
+    path = tmp_path / "c.png"
+    first = readme_figures.save_small(fig, path, max_bytes=10**9).stat().st_size  # the first resolution
+    first_width = matplotlib.image.imread(path).shape[1]
+    readme_figures.save_small(fig, path, max_bytes=first - 1)
+    assert path.stat().st_size < first and matplotlib.image.imread(path).shape[1] < first_width
+    with pytest.raises(ValueError, match="even at 48 dpi"):
+        readme_figures.save_small(fig, path, max_bytes=1000)
+
+
+def test_readme_figures_name_bad_inputs(study_results, tmp_path):
+    with pytest.raises(ValueError, match="fits.csv does not exist"):
+        readme_figures.readme_figures(tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match="--family 'cauchy'.*allowed: \\['gaussian'\\]"):
+        readme_figures.readme_figures(study_results, tmp_path / "out", family="cauchy")
+    with pytest.raises(ValueError, match="--model-source 'other'.*allowed: \\['big_model__corpus'\\]"):
+        readme_figures.readme_figures(study_results, tmp_path / "out", model="other")

@@ -255,7 +255,8 @@ def scale_vs_log_n(stats: xr.Dataset, fits: pd.DataFrame | None = None, unit=Non
             predicted = stats["predicted_accumulation_scale"]
             level_dim = next(d for d in predicted.dims if d != "n")
             predicted = predicted.sel({level_dim: 0.5}, method="nearest").values
-            ax.plot(log_n, predicted, "--", color="k", lw=1.3, label=r"theory: predicted median at finite $n$")
+            if np.isfinite(predicted).any():  # a tied family's prediction is infinite: nothing to draw
+                ax.plot(log_n, predicted, "--", color="k", lw=1.3, label=r"theory: predicted median at finite $n$")
         if "asymptotic_accumulation_scale" in stats:
             asymptotic = stats["asymptotic_accumulation_scale"].values
             if np.isfinite(asymptotic).any():
