@@ -145,6 +145,13 @@ def _legend_outside(fig: Figure, handles=None, labels=None, title: str = "") -> 
                title_fontsize="small", ncols=1 + (len(handles) > 12), frameon=True)
 
 
+def _move_legend_outside(fig: Figure, ax, title: str) -> None:
+    """Replace the legend seaborn drew inside ``ax`` by the same entries outside the panels."""
+    inside = ax.get_legend()
+    _legend_outside(fig, inside.legend_handles, [text.get_text() for text in inside.get_texts()], title=title)
+    inside.remove()
+
+
 def _readable_log_ticks(axis) -> None:
     """Plain-number ticks on a log axis, each label distinct: nice linear steps when the view
     spans less than a decade (where matplotlib's log labels repeat, e.g. "3e-01 3e-01"), else
@@ -566,10 +573,7 @@ def rule_drift(drift: pd.DataFrame) -> Figure:
     ax.set(xlabel="prescription", ylabel=r"drift: sd over $n$ of $\log(\beta_{rule}(n) / \Lambda_n)$",
            title=title)
     ax.set_ylim(bottom=0)
-    seaborn_legend = ax.get_legend()  # seaborn's, inside the axes: moved outside
-    _legend_outside(fig, seaborn_legend.legend_handles, [text.get_text() for text in seaborn_legend.get_texts()],
-                    title="source")
-    seaborn_legend.remove()
+    _move_legend_outside(fig, ax, title="source")
     return fig
 
 
