@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import base64
+import inspect
+import itertools
 import json
+from statistics import NormalDist
+from unittest import mock
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.axis import Axis
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
-from critscale import compute, families, figures, storage
+from critscale import compute, families, figures, readme_figures, storage
 from critscale import config as study_config
 from report_check import PNG_SIGNATURE, report_problems
 
@@ -113,8 +122,9 @@ def test_scale_vs_log_n_shows_data_fit_and_theory(family_stats, tmp_path):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert r"\log n" in ax.get_xlabel() and r"\Lambda_n" in ax.get_ylabel()
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert any(text.startswith("fit") and "0.80 [0.70, 0.90]" in text for text in legend)
+    (legend,) = fig.legends  # one legend for all panels, outside them
+    legend = [text.get_text() for text in legend.get_texts()]
+    assert r"fit $c(\log n)^\xi$" in legend and "fit $\\xi$ = 0.80 [0.70, 0.90]" in ax.get_title()
     assert any("predicted median" in text for text in legend) and any("asymptotic" in text for text in legend)
     fitted = next(line for line in ax.get_lines() if line.get_label().startswith("fit"))
     np.testing.assert_allclose(fitted.get_ydata(), 1.3 * np.log(FAMILY_LADDER) ** 0.8)
@@ -165,8 +175,10 @@ def test_exponent_table_lists_every_unit_and_says_why_not_fitted(model_fits, tmp
     (ax,) = fig.axes
     assert r"\xi" in ax.get_xlabel()
     assert [tick.get_text() for tick in ax.get_yticklabels()] == ["gaussian"] + [f"toy_model: {u}" for u in MODEL_UNITS]
-    texts = [text.get_text() for text in ax.texts]
-    assert "not fitted (tied)" in texts and "0.77 [0.67, 0.87]" in texts
+    (column,) = ax.child_axes  # the values, right of the axes, one per line
+    values = [tick.get_text() for tick in column.get_yticklabels()]
+    assert values == ["0.77 [0.67, 0.87]", "0.50 [0.40, 0.60]", "1.02 [0.92, 1.12]", "1.60 [1.50, 1.70]",
+                      "not fitted (tied)"]
 
 
 def test_xi_heatmap_marks_intervals_excluding_one_and_unfitted_heads(model_fits, tmp_path):
@@ -269,3 +281,229 @@ def test_collapse_by_layer_has_a_panel_per_layer_and_marks_beta_one(model_stats,
     # the model's own beta = 1; layer 1's median Lambda is inf (a head tied in every row): no dot
     assert any(line.get_marker() == "o" for line in visible[0].get_lines())
     assert not any(line.get_marker() == "o" for line in visible[1].get_lines())
+
+
+# --- no collisions: every figure function, text against text, legends, data -------------------
+
+LAYERS, HEADS = 30, 9  # the shape of SmolLM2-135M, the default study's model
+BIG_LADDER = [64, 128, 256, 512, 1024]
+
+
+@pytest.fixture(scope="module")
+def big_model_stats():
+    """30 layers x 9 heads of random rows whose scale varies by head, so median Lambda_n spans
+    a narrow range per head (0.2 to 0.4 for the steepest heads: the log-axis tick case)."""
+    from conftest import build_stats
+
+    rng = np.random.default_rng(1)
+    steepness = np.tile(np.geomspace(0.7, 12.0, HEADS), LAYERS)[:, None, None]
+    rows_by_n = {n: steepness * rng.normal(size=(LAYERS * HEADS, 8, n)) for n in BIG_LADDER}
+    stats = build_stats(rows_by_n, GRIDS, attrs={"source": "big_model__corpus", "kind": "model"})
+    layer, head = np.divmod(np.arange(LAYERS * HEADS), HEADS)
+    return stats.assign_coords(unit=[f"L{l}H{h}" for l, h in zip(layer, head)], layer=("unit", layer),
+                               head=("unit", head))
+
+
+@pytest.fixture(scope="module")
+def big_model_fits():
+    rng = np.random.default_rng(2)
+    layer, head = np.divmod(np.arange(LAYERS * HEADS), HEADS)
+    xi = rng.normal(1.0, 0.6, LAYERS * HEADS)
+    xi[::37] = np.nan  # some tied heads
+    fits = fit_rows("big_model__corpus", "model", [f"L{l}H{h}" for l, h in zip(layer, head)], xi, layer, head)
+    fits["free_law_coefficient"] = np.nan  # drawn through the medians, as with a real fit
+    laws = np.array(figures.LAWS, dtype=object)[rng.integers(0, len(figures.LAWS), len(fits))]
+    return fits.assign(law_winner=np.where(np.isfinite(xi), laws, None))
+
+
+@pytest.fixture(scope="module")
+def narrow_scale_stats():
+    """One head, one deterministic row per n (scaled Gaussian quantiles) whose median Lambda_n
+    runs from 0.17 to 0.25 only: matplotlib's log labels read "2e-01" at every tick there."""
+    from conftest import build_stats
+
+    quantiles = {n: 10 * np.array([NormalDist().inv_cdf((k + 0.5) / n) for k in range(n)]) for n in BIG_LADDER}
+    return build_stats({n: row[None, None] for n, row in quantiles.items()}, GRIDS,
+                       attrs={"source": "narrow_model", "kind": "model"})
+
+
+def study_family_fits():
+    """Family fits shaped like the default study's: its twelve families, narrow and wide
+    intervals, power-law winners with a large xi (keys on a sphere), exact laws, and a tied family
+    that cannot be fitted."""
+    rows = {  # name: (xi, xi_low, xi_high, winner)
+        "simplex": (1.0, 1.0, 1.0, "log"), "gaussian": (0.77, 0.7, 0.85, "free"),
+        "gaussian_quantile": (0.63, 0.52, 0.78, "free"), "weibull3": (0.71, 0.6, 0.8, "free"),
+        "weibull3_quantile": (0.69, 0.66, 0.72, "sqrt_log"), "exponential": (1.02, 0.95, 1.1, "log"),
+        "shrinking_gaps": (2.1, 1.8, 2.5, "log_squared"), "shrinking_gaps_quantile": (2.0, 2.0, 2.0, "log_squared"),
+        "sphere_d3": (7.5, 6.0, 10.0, "power"), "sphere_d5": (4.4, 3.9, 5.1, "power"),
+        "sphere_d9": (3.4, 2.8, 4.3, "power"), "tied": (np.nan, np.nan, np.nan, None),
+    }
+    xi, low, high, winner = zip(*rows.values())
+    fits = fit_rows("", "family", list(rows), xi).assign(source=list(rows))
+    return fits.assign(xi_low=low, xi_high=high, law_winner=pd.Series(winner, dtype=object))
+
+
+@pytest.fixture(scope="module")
+def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, narrow_scale_stats):
+    """(name, figure factory) for every figure function, on families, a small and a 30 x 9 model."""
+    prescriptions = pytest.importorskip("critscale.prescriptions")
+    small_fits = fit_rows("toy_model", "model", MODEL_UNITS, [0.5, 1.02, 1.6, np.nan], layer=[0, 0, 1, 1],
+                          head=[0, 1, 0, 1])
+    family_fits = fit_rows("gaussian", "family", ["gaussian"], [0.8])
+    return {
+        "gap_counting": [lambda: figures.gap_counting(family_stats), lambda: figures.gap_counting(big_model_stats)],
+        "scale_vs_log_n": [lambda: figures.scale_vs_log_n(family_stats, family_fits),
+                           lambda: figures.scale_vs_log_n(model_stats, small_fits),
+                           lambda: figures.scale_vs_log_n(big_model_stats, big_model_fits),
+                           lambda: figures.scale_vs_log_n(narrow_scale_stats)],
+        "collapse": [lambda: figures.collapse(family_stats), lambda: figures.collapse(big_model_stats)],
+        "collapse_by_layer": [lambda: figures.collapse_by_layer(big_model_stats)],
+        "exponent_table": [lambda: figures.exponent_table(study_family_fits())],
+        "xi_heatmap": [lambda: figures.xi_heatmap(big_model_fits)],
+        "law_winners": [lambda: figures.law_winners(pd.concat([big_model_fits, small_fits]))],
+        "rule_drift": [lambda: figures.rule_drift(prescriptions.rule_drift(big_model_stats, training_length=128))],
+        "operating_points": [lambda: figures.operating_points(prescriptions.operating_points(big_model_stats)),
+                             lambda: figures.operating_points(prescriptions.operating_points(model_stats))],
+    }
+
+
+def figure_functions() -> set[str]:
+    """Every public function of critscale.figures that returns a Figure."""
+    return {name for name, function in inspect.getmembers(figures, inspect.isfunction)
+            if not name.startswith("_") and inspect.signature(function).return_annotation in (Figure, "Figure")}
+
+
+def test_every_figure_function_is_checked_for_collisions(figure_cases):
+    assert set(figure_cases) == figure_functions()
+
+
+def drawn_texts(fig) -> list[Text]:
+    """The Text artists the canvas really draws (visible, not empty), in drawing order."""
+    drawn, draw = {}, Text.draw
+
+    def recording(text, renderer):
+        if text.get_visible() and text.get_text().strip():
+            drawn[id(text)] = text
+        return draw(text, renderer)
+
+    with mock.patch.object(Text, "draw", recording):
+        fig.canvas.draw()
+    return list(drawn.values())
+
+
+def overlap(a: Bbox, b: Bbox, tolerance: float = 1.0) -> bool:
+    """Boxes that share more than ``tolerance`` pixels in both directions (touching is fine)."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance and min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance
+
+
+def data_points(fig, step: float = 2.0) -> np.ndarray:
+    """Display coordinates of the plotted data inside each axes: points every ``step`` pixels
+    along every line of ``ax.lines`` (the markers alone where there is no line) and the points of
+    scatter collections.  Grid lines, spines, legends and heatmap cells are not data here."""
+    points = []
+    for ax in fig.axes:
+        inside = []
+        for line in ax.get_lines():
+            if not line.get_visible():
+                continue
+            xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if line.get_linestyle() in ("None", "", " ") or len(xy) < 2:
+                inside.append(xy)
+                continue
+            for start, end in zip(xy[:-1], xy[1:]):
+                steps = max(2, int(np.hypot(*(end - start)) / step) + 1)
+                inside.append(start + np.linspace(0, 1, steps)[:, None] * (end - start))
+        for collection in ax.collections:
+            if isinstance(collection, PathCollection) and len(collection.get_offsets()):
+                inside.append(collection.get_offset_transform().transform(collection.get_offsets()))
+        if inside:
+            xy = np.concatenate(inside)
+            points.append(xy[_in_box(xy, ax.bbox)])
+    return np.concatenate(points) if points else np.empty((0, 2))
+
+
+def _in_box(xy: np.ndarray, box: Bbox) -> np.ndarray:
+    return (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
+
+
+def collisions(fig) -> list[str]:
+    """Every collision in ``fig``: two drawn texts overlapping, a text over plotted data, a legend
+    inside the data area of an axes or over a text not its own, repeated tick labels on one axis."""
+    texts = drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in texts]
+    problems = [f"text {texts[i].get_text()!r} overlaps text {texts[j].get_text()!r}"
+                for i, j in itertools.combinations(range(len(texts)), 2) if overlap(boxes[i], boxes[j])]
+    data = data_points(fig)
+    problems += [f"text {text.get_text()!r} lies on plotted data" for text, box in zip(texts, boxes)
+                 if _in_box(data, box.padded(-1)).any()]
+    for legend in fig.findobj(Legend):
+        frame = legend.get_window_extent(renderer)
+        own = {id(text) for text in [*legend.get_texts(), legend.get_title()]}
+        problems += [f"legend covers text {text.get_text()!r}" for text, box in zip(texts, boxes)
+                     if id(text) not in own and overlap(frame, box)]
+        problems += [f"legend {legend.get_title().get_text()!r} sits inside the data area of an axes"
+                     for ax in fig.axes if (ax.lines or ax.collections) and overlap(frame, ax.bbox)]
+    drawn = {id(text) for text in texts}
+    for axis in fig.findobj(Axis):
+        labels = [label.get_text() for tick in axis.majorTicks + axis.minorTicks
+                  for label in (tick.label1, tick.label2) if id(label) in drawn]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            problems.append(f"{axis.axis_name} axis repeats tick labels {repeated}")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(figure_functions()))
+def test_figure_has_no_collisions(figure_cases, name):
+    assert name in figure_cases, f"add a case for the figure function {name}"
+    for case, make in enumerate(figure_cases[name]):
+        problems = collisions(make())
+        assert not problems, f"{name}, case {case}:\n" + "\n".join(problems)
+
+
+# --- README figures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study_results(tmp_path_factory, family_stats, big_model_stats, big_model_fits):
+    """A results folder like a finished study's: one family and one 30 x 9 model source."""
+    results = tmp_path_factory.mktemp("results")
+    storage.write_dataset(family_stats.load(), results / "stats" / "gaussian.zarr")
+    storage.write_dataset(big_model_stats, results / "stats" / "big_model__corpus.zarr")
+    fits = pd.concat([fit_rows("gaussian", "family", ["gaussian"], [0.8]), big_model_fits], ignore_index=True)
+    (results / "tables").mkdir()
+    fits.to_csv(results / "tables" / "fits.csv", index=False)
+    return results
+
+
+def test_readme_figures_are_small_pngs_of_the_study(study_results, tmp_path):
+    written = readme_figures.readme_figures(study_results, tmp_path / "docs" / "figures", max_kb=600)
+    assert [path.name for path in written] == ["exponent_table.png", "scale_vs_log_n.png",
+                                               "collapse_by_layer.png", "xi_heatmap.png"]
+    for path in written:
+        assert path.stat().st_size < 600_000, path.name
+        image = matplotlib.image.imread(path)
+        assert image.shape[1] > 400 and image[..., :3].std() > 0.01, path.name
+
+
+def test_readme_figures_lower_the_resolution_to_stay_under_the_limit(study_results, tmp_path):
+    fig = figures.collapse_by_layer(storage.open_store(study_results / "stats" / "big_model__corpus.zarr"))
+    path = tmp_path / "c.png"
+    first = readme_figures.save_small(fig, path, max_bytes=10**9).stat().st_size  # the first resolution
+    first_width = matplotlib.image.imread(path).shape[1]
+    readme_figures.save_small(fig, path, max_bytes=first - 1)
+    assert path.stat().st_size < first and matplotlib.image.imread(path).shape[1] < first_width
+    with pytest.raises(ValueError, match="even at 48 dpi"):
+        readme_figures.save_small(fig, path, max_bytes=1000)
+
+
+def test_readme_figures_name_bad_inputs(study_results, tmp_path):
+    with pytest.raises(ValueError, match="fits.csv does not exist"):
+        readme_figures.readme_figures(tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match="--family 'cauchy'.*allowed: \\['gaussian'\\]"):
+        readme_figures.readme_figures(study_results, tmp_path / "out", family="cauchy")
+    with pytest.raises(ValueError, match="--model-source 'other'.*allowed: \\['big_model__corpus'\\]"):
+        readme_figures.readme_figures(study_results, tmp_path / "out", model="other")

@@ -28,7 +28,8 @@ import seaborn as sns
 import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 #: Candidate laws of the fit table, simplest first (as in :data:`critscale.fitting.LAWS`).
 LAWS = ("constant", "sqrt_log", "log", "log_squared", "free", "power")
@@ -44,8 +45,8 @@ LAW_LABELS = {
     "undecided": "undecided",
     "not scored": "not scored",
 }
-#: ``xi`` of the fixed laws, drawn as reference lines in the exponent table.
-REFERENCE_EXPONENTS = {r"$\sqrt{\log n}$": 0.5, r"$\log n$": 1.0, r"$(\log n)^2$": 2.0}
+#: ``xi`` and line style of the fixed laws, drawn as reference lines in the exponent table.
+REFERENCE_EXPONENTS = {"sqrt_log": (0.5, ":"), "log": (1.0, "--"), "log_squared": (2.0, "-.")}
 REGIME_SHORT = {"subcritical": "sub", "critical": "crit", "supercritical": "super", "tied": "tied"}
 N_PALETTE = "viridis"
 CLOUD_ROWS = 24  # rows per n drawn in the light per-row cloud of the collapse plot
@@ -63,9 +64,10 @@ def _styled(function):
     return wrapper
 
 
-def _figure(nrows: int = 1, ncols: int = 1, panel=(5.0, 3.8), **subplot_kw):
-    """A fresh Agg figure and its axes as a 2-d array."""
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+def _figure(nrows: int = 1, ncols: int = 1, panel=(5.0, 3.8), legend: float = 0.0, **subplot_kw):
+    """A fresh Agg figure and its axes as a 2-d array; ``legend`` inches are added on the right
+    for a legend outside the panels (:func:`_legend_outside`), so the panels keep their size."""
+    fig = Figure(figsize=(panel[0] * ncols + legend, panel[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
     return fig, axes
@@ -134,9 +136,42 @@ def _n_colors(ladder) -> dict[int, tuple]:
     return {int(n): color for n, color in zip(ladder, colors)}
 
 
-def _n_legend(ax, title: str = "n") -> None:
-    ax.legend(title=title, fontsize="small", title_fontsize="small", ncols=1 + (len(ax.get_lines()) > 8),
-              loc="best", frameon=True)
+def _legend_outside(fig: Figure, handles=None, labels=None, title: str = "") -> None:
+    """One legend for the whole figure, right of every panel, so that it never covers data or
+    annotations; without ``handles``, the labelled artists of all axes, each label once."""
+    if handles is None:
+        found = {}
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                found.setdefault(label, handle)
+        handles, labels = list(found.values()), list(found)
+    fig.legend(handles, labels, title=title, loc="outside right upper", fontsize="small",
+               title_fontsize="small", ncols=1 + (len(handles) > 12), frameon=True)
+
+
+def _move_legend_outside(fig: Figure, ax, title: str) -> None:
+    """Replace the legend seaborn drew inside ``ax`` by the same entries outside the panels."""
+    inside = ax.get_legend()
+    _legend_outside(fig, inside.legend_handles, [text.get_text() for text in inside.get_texts()], title=title)
+    inside.remove()
+
+
+def _readable_log_ticks(axis) -> None:
+    """Plain-number ticks on a log axis, each label distinct: nice linear steps when the view
+    spans less than a decade (where matplotlib's log labels repeat, e.g. "3e-01 3e-01"), else
+    1, 2, 5 times powers of ten.  Call after the data are drawn (it reads the view limits)."""
+    low, high = sorted(axis.get_view_interval())
+    within_decade = low > 0 and high / low < 10
+    nice_steps = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+    axis.set_major_locator(nice_steps if within_decade else LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _thinned(labels: list[str], most: int = 6) -> list[str]:
+    """Every k-th label (the rest blank) so that at most about ``most`` are written."""
+    step = int(np.ceil(len(labels) / most))
+    return [label if i % step == 0 else "" for i, label in enumerate(labels)]
 
 
 def _fit_row(fits: pd.DataFrame | None, source: str, unit: str) -> pd.Series | None:
@@ -160,7 +195,7 @@ def gap_counting(stats: xr.Dataset, unit=None, max_units: int = 4) -> Figure:
     units = select_units(stats, unit, max_units)
     ladder = [int(n) for n in stats["n"].values]
     colors = _n_colors(ladder)
-    fig, axes = _figure(1, len(units))
+    fig, axes = _figure(1, len(units), legend=0.9 + 0.5 * (len(ladder) > 12))
     t = stats["t"].values
     for ax, label in zip(axes[0], units):
         counts = stats["gap_count"].sel(unit=label).transpose("n", "row", "t").values.astype(np.float64)
@@ -172,12 +207,13 @@ def gap_counting(stats: xr.Dataset, unit=None, max_units: int = 4) -> Figure:
         ax.set(xlabel=r"gap $t$ below the row maximum", ylabel=r"$\log N(t)$  (median over rows)",
                title=_unit_title(stats, label), xlim=(t[0], t[-1]))
         ax.set_ylim(bottom=0)
-        _n_legend(ax)
+    _legend_outside(fig, title="n")
     return fig
 
 
 def _free_law(fit: pd.Series | None, log_n: np.ndarray, median: np.ndarray):
-    """``(curve, label)`` of the fitted law ``c (log n)^xi``, or None without a fit.
+    """``(curve, summary)`` of the fitted law ``c (log n)^xi`` (summary: ``xi`` and its
+    interval), or None without a fit.
 
     ``c`` is the table's ``free_law_coefficient`` where present; otherwise the least-squares
     intercept through the drawn medians (the same OLS the fit uses)."""
@@ -191,7 +227,7 @@ def _free_law(fit: pd.Series | None, log_n: np.ndarray, median: np.ndarray):
     interval = ""
     if np.isfinite(fit.get("xi_low", np.nan)) and np.isfinite(fit.get("xi_high", np.nan)):
         interval = f" [{fit['xi_low']:.2f}, {fit['xi_high']:.2f}]"
-    return coefficient * log_n**xi, rf"fit $c(\log n)^\xi$, $\xi$ = {xi:.2f}{interval}"
+    return coefficient * log_n**xi, rf"fit $\xi$ = {xi:.2f}{interval}"
 
 
 @_styled
@@ -208,7 +244,8 @@ def scale_vs_log_n(stats: xr.Dataset, fits: pd.DataFrame | None = None, unit=Non
     ladder = stats["n"].values.astype(np.int64)
     log_n = np.log(ladder.astype(np.float64))
     medians = median_scale(stats)
-    fig, axes = _figure(1, len(units), panel=(5.2, 4.0))
+    fig, axes = _figure(1, len(units), panel=(4.6, 4.0), legend=2.6)
+    pad = (log_n[-1] / log_n[0]) ** 0.05
     for ax, label in zip(axes[0], units):
         rows = stats["accumulation_scale"].sel(unit=label).transpose("n", "row").values
         median = medians.sel(unit=label).values
@@ -217,17 +254,20 @@ def scale_vs_log_n(stats: xr.Dataset, fits: pd.DataFrame | None = None, unit=Non
             low, high = np.nanquantile(rows, [0.25, 0.75], axis=1, method="inverted_cdf")
         drawn = np.isfinite(median) & (median > 0)
         band = drawn & np.isfinite(low) & np.isfinite(high) & (low > 0)
-        ax.fill_between(log_n[band], low[band], high[band], color="C0", alpha=0.2, lw=0,
-                        label="interquartile range over rows")
-        ax.plot(log_n[drawn], median[drawn], "o-", color="C0", lw=2, label=r"median $\Lambda_n$")
+        if band.any():
+            ax.fill_between(log_n[band], low[band], high[band], color="C0", alpha=0.2, lw=0,
+                            label="interquartile range over rows")
+        if drawn.any():
+            ax.plot(log_n[drawn], median[drawn], "o-", color="C0", lw=2, label=r"median $\Lambda_n$")
         law = _free_law(_fit_row(fits, source, label), log_n, median)
         if law is not None:
-            ax.plot(log_n, law[0], "-", color="C3", lw=1.5, label=law[1])
+            ax.plot(log_n, law[0], "-", color="C3", lw=1.5, label=r"fit $c(\log n)^\xi$")
         if "predicted_accumulation_scale" in stats:
             predicted = stats["predicted_accumulation_scale"]
             level_dim = next(d for d in predicted.dims if d != "n")
             predicted = predicted.sel({level_dim: 0.5}, method="nearest").values
-            ax.plot(log_n, predicted, "--", color="k", lw=1.3, label=r"theory: predicted median at finite $n$")
+            if np.isfinite(predicted).any():  # a tied family's prediction is infinite: nothing to draw
+                ax.plot(log_n, predicted, "--", color="k", lw=1.3, label=r"theory: predicted median at finite $n$")
         if "asymptotic_accumulation_scale" in stats:
             asymptotic = stats["asymptotic_accumulation_scale"].values
             if np.isfinite(asymptotic).any():
@@ -235,22 +275,25 @@ def scale_vs_log_n(stats: xr.Dataset, fits: pd.DataFrame | None = None, unit=Non
         if not drawn.any():
             ax.text(0.5, 0.5, r"no finite median $\Lambda_n$ (most rows tied)", transform=ax.transAxes,
                     ha="center", va="center")
+            ax.set_yticks([])  # an empty axis has no scale to read
         ax.set_xscale("log")
-        ax.set_yscale("log" if drawn.any() else "linear")
-        ax.set_xticks(log_n, [f"{v:.1f}" for v in log_n], minor=False)
+        ax.set_xlim(log_n[0] / pad, log_n[-1] * pad)
+        ax.set_xticks(log_n, _thinned([f"{v:.1f}" for v in log_n]), minor=False)
         ax.xaxis.set_minor_locator(NullLocator())
         if drawn.any():  # plain numbers: the values, not powers of ten, are what a reader compares
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1.5, 0.6)))
+            ax.set_yscale("log")
+            _readable_log_ticks(ax.yaxis)
         top = ax.secondary_xaxis("top")
-        top.set_xticks(log_n, [_n_label(n) for n in ladder])
+        top.set_xticks(log_n, _thinned([_n_label(n) for n in ladder]))
         top.xaxis.set_minor_locator(NullLocator())
-        left_out = int((~drawn).sum())
         title = _unit_title(stats, label)
+        if law is not None:
+            title += f"\n{law[1]}"
+        left_out = int((~drawn).sum())
         if left_out:
             title += f"\n({left_out} length(s) with infinite median, i.e. tied, not drawn)"
         ax.set(xlabel=r"$\log n$  (top axis: $n$)", ylabel=r"median $\Lambda_n$ (accumulation scale)", title=title)
-        ax.legend(fontsize="small", loc="upper left")
+    _legend_outside(fig)
     return fig
 
 
@@ -278,7 +321,7 @@ def collapse(stats: xr.Dataset, unit=None, max_units: int = 3, mark_beta_one: bo
     colors = _n_colors(ladder)
     rho = stats["rho"].values
     rng = np.random.default_rng(seed)
-    fig, axes = _figure(len(units), 2, panel=(5.0, 3.6))
+    fig, axes = _figure(len(units), 2, panel=(5.0, 3.6), legend=1.7)
     for axes_row, label in zip(axes, units):
         entropy = stats["entropy_rel"].sel(unit=label).transpose("n", "row", "rho").values
         gap = stats["top_two_gap_rel"].sel(unit=label).transpose("n", "row", "rho").values
@@ -305,12 +348,22 @@ def collapse(stats: xr.Dataset, unit=None, max_units: int = 3, mark_beta_one: bo
             ax.set_xscale("log", base=2)
             ax.set(xlabel=r"$\rho = \beta / \Lambda$", ylabel=f"{name} (median over rows)",
                    title=_unit_title(stats, label), ylim=(-0.02, 1.02))
-        _n_legend(axes_row[1])
-        axes_row[0].text(1.05, 0.97, r"$\rho = 1$", transform=axes_row[0].get_xaxis_transform(), va="top")
-        if mark_beta_one:
-            axes_row[0].text(0.02, 0.03, r"$\bullet$ model's own $\beta = 1$", transform=axes_row[0].transAxes,
-                             fontsize="small")
+    _collapse_legend(fig, ladder, colors, mark_beta_one, rho_line="--")
     return fig
+
+
+def _collapse_legend(fig: Figure, ladder, colors, mark_beta_one: bool, rho_line: str, gap_line: str = "") -> None:
+    """The legend of the collapse figures: one line per ``n``, then the keys of the line styles
+    (the transition ``rho = 1``, the top-two gap if drawn as ``gap_line``) and of the dots."""
+    handles = [Line2D([], [], color=colors[n], lw=2) for n in ladder]
+    labels = [_n_label(n) for n in ladder]
+    keys = [(Line2D([], [], color="k", ls=rho_line, lw=1), r"$\rho = 1$")]
+    if gap_line:
+        keys = [(Line2D([], [], color="0.3", lw=1.4), r"entropy $H / \log n$"),
+                (Line2D([], [], color="0.3", ls=gap_line, lw=1.0), r"top-two gap $\Delta_{top}$"), *keys]
+    if mark_beta_one:
+        keys.append((Line2D([], [], ls="", marker="o", mfc="0.7", mec="k"), r"model's own $\beta = 1$"))
+    _legend_outside(fig, handles + [handle for handle, _ in keys], labels + [label for _, label in keys], title="n")
 
 
 @_styled
@@ -324,7 +377,7 @@ def collapse_by_layer(stats: xr.Dataset, columns: int = 6) -> Figure:
     colors = _n_colors(ladder)
     rho = stats["rho"].values
     rows = int(np.ceil(len(layers) / columns))
-    fig, axes = _figure(rows, columns, panel=(2.6, 2.0), sharex=True, sharey=True)
+    fig, axes = _figure(rows, columns, panel=(2.6, 2.0), legend=1.7, sharex=True, sharey=True)
     scale = median_scale(stats)
     for ax, layer in zip(axes.flat, layers):
         units = stats["unit"].values[stats["layer"].values == layer]
@@ -352,9 +405,9 @@ def collapse_by_layer(stats: xr.Dataset, columns: int = 6) -> Figure:
     for ax in axes[-1]:
         ax.set_xlabel(r"$\rho = \beta / \Lambda$")
     for ax in axes[:, 0]:
-        ax.set_ylabel(r"$H/\log n$ (—), $\Delta_{top}$ (- -)")
-    _n_legend(axes.flat[0])
-    fig.suptitle(f"{stats.attrs.get('source', '')}: collapse per layer; dots: the model's own beta = 1")
+        ax.set_ylabel(r"$H/\log n$, $\Delta_{top}$")
+    _collapse_legend(fig, ladder, colors, mark_beta_one=True, rho_line=":", gap_line="--")
+    fig.suptitle(f"{stats.attrs.get('source', '')}: collapse per layer (median over heads and rows)")
     return fig
 
 
@@ -381,40 +434,49 @@ def exponent_table(fits: pd.DataFrame) -> Figure:
     table["label"] = _row_label(table)
     table["winner"] = table["law_winner"].fillna("not scored").astype(str)
     y = np.arange(len(table))[::-1]
-    fig, axes = _figure(1, 1, panel=(8.5, 1.2 + 0.38 * len(table)))
+    fig, axes = _figure(1, 1, panel=(8.5, 1.2 + 0.38 * len(table)), legend=2.0)
     ax = axes[0, 0]
-    winners = [law for law in LAW_OUTCOMES if law in set(table["winner"])]
+    drawn = table.loc[np.isfinite(table["xi"].astype(float)), "winner"]
+    winners = [law for law in LAW_OUTCOMES if law in set(drawn)]
     palette = dict(zip(winners, sns.color_palette("colorblind", len(winners))))
-    for reference, value in REFERENCE_EXPONENTS.items():
-        ax.axvline(value, color="0.5", ls=":", lw=1)
-        ax.text(value, 1.0, reference, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize="small", color="0.3")
+    handles, labels = [], []
+    for law in winners:
+        handles.append(Line2D([], [], ls="", marker="o", color=palette[law], mec="k", mew=0.6))
+        labels.append(f"wins: {LAW_LABELS.get(law, law)}")
+    for law, (value, style) in REFERENCE_EXPONENTS.items():
+        ax.axvline(value, color="0.4", ls=style, lw=1)
+        handles.append(Line2D([], [], color="0.4", ls=style, lw=1))
+        labels.append(rf"$\xi$ = {value:g}: {LAW_LABELS[law]}")
     for position, (_, fit) in zip(y, table.iterrows()):
-        xi = fit.get("xi", np.nan)
+        xi, low, high = (fit.get(key, np.nan) for key in ("xi", "xi_low", "xi_high"))
         if not np.isfinite(xi):
-            status = fit.get("fit_status", "no finite exponent")
-            ax.text(1.0, position, f"not fitted ({status})", va="center", ha="center", fontsize="small",
-                    color="0.3", style="italic")
             continue
-        low, high = fit.get("xi_low", np.nan), fit.get("xi_high", np.nan)
         color = palette[fit["winner"]]
         if np.isfinite(low) and np.isfinite(high):
             ax.plot([low, high], [position, position], color=color, lw=2.5, solid_capstyle="butt")
         ax.plot(xi, position, "o", color=color, ms=7, mec="k", mew=0.6)
-        text = f"{xi:.2f}" + (f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else "")
-        if fit["winner"] == "power" and np.isfinite(fit.get("power_exponent", np.nan)):
-            text += f";  $n^{{{fit['power_exponent']:.2f}}}$"
-        ax.text(1.01, position, text, transform=ax.get_yaxis_transform(), va="center", fontsize="small")
-    for law in winners:
-        ax.plot([], [], "o", color=palette[law], mec="k", mew=0.6, label=LAW_LABELS.get(law, law))
     ax.set_yticks(y, table["label"])
     ax.set_ylim(-0.7, len(table) - 0.3)
+    # The values sit in a column of their own, right of the axes, where no mark can reach them.
+    column = ax.secondary_yaxis("right")
+    column.set_yticks(y, [_exponent_text(fit) for _, fit in table.iterrows()])
+    column.tick_params(length=0)
     ax.set(xlabel=r"fitted exponent $\xi$ of median $\Lambda_n \propto (\log n)^\xi$ (interval: sequence bootstrap)",
            ylabel="source")
     ax.grid(axis="y", visible=False)
-    ax.legend(title="held-out winner", fontsize="small", title_fontsize="small",
-              loc="upper left", bbox_to_anchor=(1.22, 1.0))
+    _legend_outside(fig, handles, labels, title="colour: held-out winner")
     return fig
+
+
+def _exponent_text(fit: pd.Series) -> str:
+    """``"0.63 [0.52, 0.78]"`` (and ``"; n^p"`` where the power law wins), or why not fitted."""
+    xi, low, high = (fit.get(key, np.nan) for key in ("xi", "xi_low", "xi_high"))
+    if not np.isfinite(xi):
+        return f"not fitted ({fit.get('fit_status', 'no finite exponent')})"
+    text = f"{xi:.2f}" + (f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else "")
+    if fit["winner"] == "power" and np.isfinite(fit.get("power_exponent", np.nan)):
+        text += f";  $n^{{{fit['power_exponent']:.2f}}}$"
+    return text
 
 
 def _model_fits(fits: pd.DataFrame) -> pd.DataFrame:
@@ -482,7 +544,7 @@ def law_winners(fits: pd.DataFrame) -> Figure:
                    .dropna(subset=["frequency"]))
     frequencies["law"] = frequencies["law"].map(frequency_columns)
     width = max(6.0, 0.8 * len(LAW_OUTCOMES) * max(1, len(sources) / 2))
-    fig, axes = _figure(1, 2, panel=(width, 4.0))
+    fig, axes = _figure(1, 2, panel=(width, 4.0), legend=1.8)
     left, right = axes[0]
     sns.barplot(data=counts, x="outcome", y="units", hue="source", order=LAW_OUTCOMES, hue_order=sources, ax=left,
                 palette="colorblind")
@@ -493,7 +555,7 @@ def law_winners(fits: pd.DataFrame) -> Figure:
     share = float(fits["law_share"].iloc[0])
     left.set(xlabel=f"headline law (wins >= {share:.0%} of resamples of units)", ylabel="units (heads) won",
              title=r"Which law of $\Lambda_n$ extrapolates to larger $n$")
-    left.legend(title="source", fontsize="small", title_fontsize="small")
+    _move_legend_outside(fig, left, title="source")
     if not frequencies.empty:
         sns.boxplot(data=frequencies, x="law", y="frequency", hue="source", order=LAWS, hue_order=sources, ax=right,
                     palette="pastel", showfliers=False, legend=False)
@@ -521,20 +583,20 @@ def rule_drift(drift: pd.DataFrame) -> Figure:
         raise ValueError("no finite drift in the rule-drift table")
     order = list(usable.groupby("rule")["drift"].median().sort_values().index)
     sources = list(dict.fromkeys(usable["source"]))
-    fig, axes = _figure(1, 1, panel=(max(6.5, 1.1 * len(order)), 4.2))
+    fig, axes = _figure(1, 1, panel=(max(6.5, 1.4 * len(order)), 4.2), legend=1.8)
     ax = axes[0, 0]
     sns.boxplot(data=usable, x="rule", y="drift", hue="source", order=order, hue_order=sources, ax=ax,
                 showfliers=False, palette="pastel", legend=False)
     sns.stripplot(data=usable, x="rule", y="drift", hue="source", order=order, hue_order=sources, ax=ax,
                   dodge=len(sources) > 1, size=3, alpha=0.6, palette="dark")
     left_out = len(table) - len(usable)
-    title = "Drift of each prescription from the measured scale (lower is better)"
+    title = "Drift of each prescription from the measured scale\n(lower is better)"
     if left_out:
         title += f"\n({left_out} unit x rule pairs without finite drift, e.g. tied heads, not drawn)"
     ax.set(xlabel="prescription", ylabel=r"drift: sd over $n$ of $\log(\beta_{rule}(n) / \Lambda_n)$",
            title=title)
     ax.set_ylim(bottom=0)
-    ax.legend(title="source", fontsize="small", title_fontsize="small")
+    _move_legend_outside(fig, ax, title="source")
     return fig
 
 
