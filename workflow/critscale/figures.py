@@ -492,7 +492,8 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
     """``xi`` per layer (rows) and head (columns), one panel per model x corpus source.
 
     Diverging colours centred on ``xi = 1`` (the ``log n`` law); ``*`` marks heads whose
-    interval excludes 1; grey cells were not fitted (tied or degenerate heads).
+    ``xi != 1`` is a discovery at the study's false-discovery rate (``discovery`` of the fit
+    table; the raw ``excludes_one`` where a table has no such column); grey cells were not fitted (tied or degenerate heads).
     """
     models = _model_fits(fits)
     sources = list(dict.fromkeys(models["source"].astype(str)))
@@ -504,7 +505,9 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
         table = models[models["source"].astype(str) == source].copy()
         table["layer"], table["head"] = table["layer"].astype(int), table["head"].astype(int)
         xi = table.pivot_table(index="layer", columns="head", values="xi", aggfunc="first", dropna=False)
-        excludes = (table.assign(excludes=table["excludes_one"].astype("boolean").fillna(False).astype(bool))
+        # The mark is the FDR-controlled decision, not the raw per-head interval (many heads, shared windows).
+        claim = "discovery" if "discovery" in table else "excludes_one"
+        excludes = (table.assign(excludes=table[claim].astype("boolean").fillna(False).astype(bool))
                     .pivot_table(index="layer", columns="head", values="excludes", aggfunc="first")
                     .reindex_like(xi).fillna(False).astype(bool))
         annotate = xi.size <= MAX_ANNOTATED_CELLS
@@ -521,7 +524,7 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
         if annotate:  # say why a head was not fitted
             _label_blank_cells(ax, xi.values, status.values)
         ax.grid(False)
-        ax.set(xlabel="head", ylabel="layer", title=f"{source}: $\\xi$ per head\n(* interval excludes 1)")
+        ax.set(xlabel="head", ylabel="layer", title=f"{source}: $\\xi$ per head\n(* $\\xi \\neq 1$ after FDR control)")
     return fig
 
 
