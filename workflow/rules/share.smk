@@ -17,14 +17,14 @@ rule share:
     output:
         bundle=BUNDLE if ZIPPED else directory(BUNDLE),
         datacard=f"{BUNDLE}.DATACARD.md",
-    params:
-        share=canonical(SHARE),
-        sources=SOURCES,
-        study=canonical(config),
     log:
         result("logs", "share.log"),
     benchmark:
         result("benchmarks", "share.tsv")
+    params:
+        share=canonical(SHARE),
+        sources=SOURCES,
+        study=canonical(config),
     script:
         "../scripts/share.py"
 
@@ -32,10 +32,10 @@ rule share:
 # No input and no output: it checks whatever stores exist, every time it is asked for, and
 # never triggers a rerun of the stores it checks.
 rule verify:
-    params:
-        results=RESULTS,
     log:
         result("logs", "verify.log"),
     localrule: True
+    params:
+        results=RESULTS,
     script:
         "../scripts/verify.py"
