@@ -9,7 +9,7 @@ RESULTS ?= results
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study test benchmark share dry-run clean-results
+.PHONY: study test benchmark share verify dry-run clean-results
 
 $(STAMP): pyproject.toml workflow/envs/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ benchmark: $(STAMP)
 
 share: $(STAMP)
 	$(BIN)/snakemake share --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS)
+
+verify: $(STAMP)
+	$(BIN)/snakemake verify --cores 1 --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)

@@ -3,6 +3,7 @@ statistics for any --cores and for an interrupted-then-resumed run."""
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,15 +114,15 @@ def test_share_bundle_opens_in_a_fresh_process_and_reproduces_a_headline(finishe
     snakemake("share", results=finished)
     bundle = finished / "share" / "critscale-bundle.zarr.zip"
     assert bundle.is_file() and (finished / "share" / "critscale-bundle.zarr.zip.DATACARD.md").is_file()
-    # Recompute the Gaussian family's xi from the bundle's per-row Lambda alone, in a new process:
+    # Recompute the Gaussian family's xi from the bundle's aggregates alone, in a new process:
     # the OLS slope of log median Lambda_n on log log n, compared with the bundle's own fit table.
     code = f"""
 import json, numpy as np, xarray as xr
 path = "zip::{bundle}"
 fits = xr.open_zarr(path).load()
-stats = xr.open_zarr(path, group="stats/gaussian")
-median = np.median(stats.accumulation_scale.isel(unit=0).values, axis=-1)
-slope = np.polyfit(np.log(np.log(stats.n.values.astype(float))), np.log(median), 1)[0]
+summary = xr.open_zarr(path, group="aggregates/gaussian")
+median = summary.median_lambda.isel(unit=0).values
+slope = np.polyfit(np.log(np.log(summary.n.values.astype(float))), np.log(median), 1)[0]
 stored = float(fits.xi.where(fits.source == "gaussian", drop=True).values[0])
 assert "accumulation_scale" in fits.attrs["datacard"] and json.loads(fits.attrs["config"])["seed"] == 7
 print(json.dumps({{"recomputed": slope, "stored": stored}}))
@@ -129,3 +130,18 @@ print(json.dumps({{"recomputed": slope, "stored": stored}}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
     assert numbers["recomputed"] == pytest.approx(numbers["stored"], rel=1e-9, abs=1e-12)
+
+
+def test_verify_passes_on_the_study_and_names_a_flipped_chunk(finished, tmp_path):
+    run = snakemake("verify", results=finished)
+    assert "FAILED" not in (finished / "logs" / "verify.log").read_text(), run.stdout
+    copy = tmp_path / "results"
+    shutil.copytree(finished, copy)
+    chunk = copy / "stats" / "gaussian.zarr" / "accumulation_scale" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    run = snakemake("verify", results=copy, check=False)
+    assert run.returncode != 0
+    log = (copy / "logs" / "verify.log").read_text()
+    assert f"MISMATCH {copy / 'stats' / 'gaussian.zarr'}: accumulation_scale/c/0/0/0: checksum differs" in log

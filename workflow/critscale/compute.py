@@ -37,6 +37,12 @@ def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int) -> np.ndarr
     return out.reshape(units, rows, grids.width)
 
 
+def row_quantiles(values: xr.DataArray, quantiles) -> xr.DataArray:
+    """Quantiles over rows, ``inverted_cdf`` so that a quantile is always an observed value (and
+    ``inf`` from ties never turns into NaN); missing rows (NaN) are left out."""
+    return values.chunk(row=-1).quantile(list(quantiles), dim="row", method="inverted_cdf", skipna=True)
+
+
 def gap_statistics(
     scores: xr.Dataset,
     grids: Grids,
@@ -94,9 +100,9 @@ def gap_statistics(
 
     whole_rows = stats[list(AGGREGATED) + ["ties"]].chunk(row=-1)
     for name in AGGREGATED:
-        stats[f"{name}_quantiles"] = whole_rows[name].quantile(
-            list(quantiles), dim="row", method="inverted_cdf", skipna=True
-        ).assign_attrs(description=f"quantiles over rows of {name}: {DESCRIPTIONS[name][0]}", units=DESCRIPTIONS[name][1])
+        stats[f"{name}_quantiles"] = row_quantiles(whole_rows[name], quantiles).assign_attrs(
+            description=f"quantiles over rows of {name}: {DESCRIPTIONS[name][0]}", units=DESCRIPTIONS[name][1]
+        )
     stats["tied_rows"] = (whole_rows["ties"] >= 2).sum("row").assign_attrs(
         description="rows with a tie at the maximum (Lambda = inf)", units="count"
     )

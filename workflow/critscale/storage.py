@@ -13,7 +13,9 @@ Score store layout (synthetic families and models alike)::
 
 Padding for short rows costs no disk: Zarr does not write chunks that hold only the fill value.
 Stores are written with consolidated metadata so that ``xarray.open_zarr(path)`` opens them in
-one line without a fallback warning.
+one line without a fallback warning.  A complete store holds a checksum manifest
+(:data:`MANIFEST`: the sha256 of every file by its key, e.g. ``scores/c/0/1/0/0``), written when
+the store is finished, which ``critscale.verify`` checks.
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import dask
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
 
 SCORE_DIMS = ("unit", "n", "row", "key")
+#: The checksum manifest inside every complete store (and share bundle): {"sha256": {key: hex}}.
+MANIFEST = "critscale-checksums.json"
+#: Files of a store that are not its data: the manifest itself, and the marker Snakemake puts in
+#: every directory() output after its job.
+NOT_CHECKSUMMED = (MANIFEST, ".snakemake_timestamp")
 PROVENANCE_PACKAGES = (
     "critscale", "numpy", "scipy", "xarray", "zarr", "dask", "distributed", "statsmodels",
     "snakemake", "torch", "transformers",
@@ -88,13 +97,47 @@ def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict 
     if path.exists():
         shutil.rmtree(path)
     with quiet_consolidation():
-        return ds.to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding or {}, zarr_format=3)
+        write = ds.to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding or {}, zarr_format=3)
+    if compute:
+        write_manifest(path)
+        return write
+    # The store is complete only once the delayed write has run: the manifest comes after it.
+    return dask.delayed(_manifest_after)(write, path)
+
+
+def _manifest_after(_written, path) -> None:
+    write_manifest(path)
+
+
+def _consolidate_metadata(path) -> None:
+    with quiet_consolidation():
+        zarr.consolidate_metadata(str(path))
 
 
 def consolidate(path) -> None:
-    """Refresh consolidated metadata after writing arrays region by region."""
-    with quiet_consolidation():
-        zarr.consolidate_metadata(str(path))
+    """Finish a store written region by region: refresh its consolidated metadata and its
+    checksum manifest."""
+    Path(path, MANIFEST).unlink(missing_ok=True)  # not a Zarr node: consolidation must not see it
+    _consolidate_metadata(path)
+    write_manifest(path)
+
+
+def tree_checksums(filesystem, root: str) -> dict[str, str]:
+    """sha256 (hex) of every file under ``root`` of an fsspec filesystem but
+    :data:`NOT_CHECKSUMMED`, by its key relative to ``root``."""
+    root = root.rstrip("/")
+    checksums = {}
+    for file in sorted(filesystem.find(root)):
+        key = file[len(root) :].lstrip("/")
+        if key not in NOT_CHECKSUMMED:
+            checksums[key] = hashlib.sha256(filesystem.cat_file(file)).hexdigest()
+    return checksums
+
+
+def write_manifest(path) -> None:
+    """Record the checksum of every file of the finished local store at ``path``."""
+    checksums = tree_checksums(fsspec.filesystem("file"), str(Path(path).resolve()))
+    Path(path, MANIFEST).write_text(json.dumps({"sha256": checksums}, indent=0, sort_keys=True))
 
 
 def create_scores_store(
@@ -140,8 +183,9 @@ def create_scores_store(
         coords[name] = ("row", np.asarray(values))
     ds = xr.Dataset({"scores": (SCORE_DIMS, empty)}, coords=coords, attrs=attrs or {})
     # compute=False writes metadata and coordinates only; the all-NaN chunks are never written.
+    # No manifest yet: the store is complete only after write_scores and a final consolidate().
     write_dataset(ds, path, compute=False, encoding={"scores": {"chunks": chunks}})
-    consolidate(path)
+    _consolidate_metadata(path)
 
 
 def write_scores(path, values: np.ndarray, *, unit, n_index: int, rows) -> None:

@@ -51,3 +51,16 @@ def all_targets():
         *figure_targets(),
         *prescription_targets(),
     ]
+
+
+def share_scores(wildcards):
+    """The score stores, when the sharing level includes them."""
+    if config.get("share", {}).get("level", "aggregates") == "scores":
+        return expand(result("scores", "{source}.zarr"), source=SOURCES)
+    return []
+
+
+def share_coverage(wildcards):
+    """The coverage table of the fits' intervals, shared when the study has made it."""
+    coverage = result("tables", "coverage.csv")
+    return [coverage] if Path(coverage).exists() else []

@@ -1,29 +1,41 @@
-# `snakemake --cores N share`: one self-describing bundle of the study's stores and tables.
+# `snakemake --cores N share`: one self-describing bundle of the study at the configured sharing
+# level. `snakemake --cores 1 verify`: every store and bundle under the results folder against
+# the checksum manifest it carries.
 
-ZIPPED = config.get("share", {}).get("format", "zip") == "zip"
+SHARE = config.get("share", {})
+ZIPPED = SHARE.get("format", "zip") == "zip"
 BUNDLE = result("share", "critscale-bundle.zarr" + (".zip" if ZIPPED else ""))
-
-
-def share_scores(wildcards):
-    if config.get("share", {}).get("include_scores", False):
-        return expand(result("scores", "{source}.zarr"), source=SOURCES)
-    return []
 
 
 rule share:
     input:
         stats=expand(result("stats", "{source}.zarr"), source=SOURCES),
         scores=share_scores,
+        coverage=share_coverage,
         fits=result("tables", "fits.csv"),
         headline=result("tables", "headline.csv"),
     output:
         bundle=BUNDLE if ZIPPED else directory(BUNDLE),
         datacard=f"{BUNDLE}.DATACARD.md",
-    params:
-        share=canonical(config.get("share", {})),
-        sources=SOURCES,
-        study=canonical(config),
     log:
         result("logs", "share.log"),
+    benchmark:
+        result("benchmarks", "share.tsv")
+    params:
+        share=canonical(SHARE),
+        sources=SOURCES,
+        study=canonical(config),
     script:
         "../scripts/share.py"
+
+
+# No input and no output: it checks whatever stores exist, every time it is asked for, and
+# never triggers a rerun of the stores it checks.
+rule verify:
+    log:
+        result("logs", "verify.log"),
+    localrule: True
+    params:
+        results=RESULTS,
+    script:
+        "../scripts/verify.py"

@@ -1,0 +1,95 @@
+"""Checksum manifests of finished stores, and critscale-verify naming each damaged chunk."""
+
+import json
+import tomllib
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from critscale import storage, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_dataset():
+    return xr.Dataset({"a": (("unit", "n"), np.arange(12.0).reshape(3, 4)), "b": (("unit",), np.arange(3))})
+
+
+def chunk_files(store: Path) -> list[str]:
+    return sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file() and "/c/" in p.as_posix())
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_write_dataset_records_every_chunk(tmp_path, delayed):
+    store = tmp_path / "s.zarr"
+    write = storage.write_dataset(small_dataset().chunk(unit=1), store, compute=not delayed)
+    if delayed:
+        assert not (store / storage.MANIFEST).exists()  # not finished before the delayed write runs
+        write.compute()
+    recorded = json.loads((store / storage.MANIFEST).read_text())["sha256"]
+    # b's first chunk holds only the fill value 0, so Zarr writes no file for it.
+    assert chunk_files(store) == ["a/c/0/0", "a/c/1/0", "a/c/2/0", "b/c/1", "b/c/2"]
+    assert sorted(key for key in recorded if "/c/" in key) == chunk_files(store)
+    assert "zarr.json" in recorded and "a/zarr.json" in recorded
+    assert verify.verify_store(store) == []
+
+
+def test_region_written_store_gets_its_manifest_on_consolidate(tmp_path):
+    store = tmp_path / "scores.zarr"
+    storage.create_scores_store(store, units=["u"], n_ladder=[4, 8], sequence=np.arange(3))
+    assert not (store / storage.MANIFEST).exists()
+    storage.write_scores(store, np.ones((1, 3, 8)), unit=slice(None), n_index=1, rows=slice(None))
+    storage.consolidate(store)
+    assert verify.verify_store(store) == []
+    assert "scores/c/0/1/0/0" in json.loads((store / storage.MANIFEST).read_text())["sha256"]
+
+
+def test_flipped_byte_missing_and_extra_files_are_named_by_store_and_chunk(tmp_path):
+    store = tmp_path / "s.zarr"
+    storage.write_dataset(small_dataset().chunk(unit=1), store)
+    (store / ".snakemake_timestamp").write_text("")  # Snakemake's marker is not data
+    flip_byte(store / "a" / "c" / "1" / "0")
+    (store / "a" / "c" / "2" / "0").unlink()
+    (store / "stray").write_text("x")
+    problems = {(m.store, m.key): m.problem for m in verify.verify_store(store)}
+    assert set(problems) == {(str(store), "a/c/1/0"), (str(store), "a/c/2/0"), (str(store), "stray")}
+    assert problems[(str(store), "a/c/1/0")].startswith("checksum differs")
+    assert problems[(str(store), "a/c/2/0")] == "recorded but missing"
+    assert problems[(str(store), "stray")] == "present but not recorded"
+
+
+def test_cli_checks_a_folder_of_stores_and_reports_store_and_chunk(tmp_path, capsys):
+    for name in ("scores/x.zarr", "stats/x.zarr"):
+        storage.write_dataset(small_dataset().chunk(unit=1), tmp_path / name)
+    assert verify.main([str(tmp_path)]) == 0
+    assert "2 of 2 stores intact, 0 mismatches" in capsys.readouterr().out
+    flip_byte(tmp_path / "stats/x.zarr/a/c/0/0")
+    assert verify.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"MISMATCH {tmp_path / 'stats/x.zarr'}: a/c/0/0: checksum differs" in out
+    assert f"FAILED {tmp_path / 'stats/x.zarr'}" in out and "1 of 2 stores intact" in out
+
+
+def test_store_without_manifest_and_empty_folder_are_reported(tmp_path, capsys):
+    small_dataset().to_zarr(tmp_path / "old.zarr", zarr_format=3, consolidated=False)
+    assert [m.problem for m in verify.verify_store(tmp_path / "old.zarr")] == [
+        f"no checksum manifest ({storage.MANIFEST}): nothing to check against"
+    ]
+    (tmp_path / "empty").mkdir()
+    assert verify.main([str(tmp_path / "empty")]) == 2
+    assert "no Zarr store or .zarr.zip bundle" in capsys.readouterr().err
+
+
+def test_console_script_is_declared():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["critscale-verify"].split(":")
+    assert getattr(import_module(module), function) is verify.main

@@ -1,0 +1,111 @@
+"""Check stores and share bundles against the checksum manifests they carry.
+
+A store or bundle (a Zarr directory, a ``.zip`` of one, or an fsspec URL such as ``s3://...``) is
+checked against its own manifest (:data:`critscale.storage.MANIFEST`) and nothing else, so a
+downloaded bundle can be checked without the study that made it.  Every difference is reported
+by store and key (``<array>/c/<chunk index>`` for a chunk)::
+
+    critscale-verify results/share/critscale-bundle.zarr.zip
+    critscale-verify results/            # every store and bundle found under a folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+from .storage import MANIFEST, tree_checksums
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    store: str
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.store}: {self.key}: {self.problem}" if self.key else f"{self.store}: {self.problem}"
+
+
+def _open_tree(location: str, storage_options: dict | None):
+    """``(filesystem, root)`` of a store or bundle: zip file, local directory or fsspec URL."""
+    if location.endswith(".zip") and "::" not in location:
+        return fsspec.filesystem("zip", fo=location), ""
+    return fsspec.core.url_to_fs(location, **(storage_options or {}))
+
+
+def verify_store(location, storage_options: dict | None = None) -> list[Mismatch]:
+    """Differences between a store (or bundle) and its manifest; empty when it is intact.
+    ``storage_options`` go to fsspec for a URL (credentials, endpoint)."""
+    location = str(location)
+    filesystem, root = _open_tree(location, storage_options)
+    manifest_key = f"{root.rstrip('/')}/{MANIFEST}" if root else MANIFEST
+    if not filesystem.exists(manifest_key):
+        return [Mismatch(location, "", f"no checksum manifest ({MANIFEST}): nothing to check against")]
+    recorded = json.loads(filesystem.cat_file(manifest_key))["sha256"]
+    found = tree_checksums(filesystem, root)
+    mismatches = [Mismatch(location, key, "recorded but missing") for key in sorted(recorded.keys() - found.keys())]
+    mismatches += [Mismatch(location, key, "present but not recorded") for key in sorted(found.keys() - recorded.keys())]
+    mismatches += [
+        Mismatch(location, key, f"checksum differs (recorded sha256 {recorded[key][:12]}..., found {found[key][:12]}...)")
+        for key in sorted(recorded.keys() & found.keys())
+        if recorded[key] != found[key]
+    ]
+    return mismatches
+
+
+def stores_under(folder) -> list[Path]:
+    """Every store (a directory with a root ``zarr.json``) and zipped bundle under ``folder``;
+    groups inside a store are part of that store."""
+    found, pending = [], [Path(folder)]
+    while pending:
+        directory = pending.pop()
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir() and (entry / "zarr.json").is_file():
+                found.append(entry)
+            elif entry.is_dir():
+                pending.append(entry)
+            elif entry.name.endswith(".zarr.zip"):
+                found.append(entry)
+    return sorted(found)
+
+
+def verify_locations(locations) -> tuple[list[str], list[Mismatch]]:
+    """Check each location: a store, a bundle, or a local folder holding stores."""
+    checked, mismatches = [], []
+    for location in map(str, locations):
+        is_folder = "://" not in location and Path(location).is_dir() and not (Path(location) / "zarr.json").exists()
+        targets = stores_under(location) if is_folder else [location]
+        if not targets:
+            raise ValueError(f"no Zarr store or .zarr.zip bundle under {location!r}")
+        for target in targets:
+            checked.append(str(target))
+            mismatches += verify_store(target)
+    return checked, mismatches
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="critscale-verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("locations", nargs="+", help="store, bundle (.zarr.zip, directory or URL), or folder of stores")
+    args = parser.parse_args(argv)
+    try:
+        checked, mismatches = verify_locations(args.locations)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"critscale-verify: {error}", file=sys.stderr)
+        return 2
+    for mismatch in mismatches:
+        print(f"MISMATCH {mismatch}")
+    broken = {m.store for m in mismatches}
+    for store in checked:
+        print(f"{'FAILED' if store in broken else 'ok    '} {store}")
+    print(f"{len(checked) - len(broken)} of {len(checked)} stores intact, {len(mismatches)} mismatches")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

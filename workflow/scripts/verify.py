@@ -1,0 +1,8 @@
+"""Check every store and bundle under the results folder (thin wrapper over critscale.verify)."""
+
+from critscale import runlog, verify
+
+runlog.to_file(snakemake.log[0])
+status = verify.main([snakemake.params.results])
+if status:
+    raise SystemExit(f"critscale verify: stores under {snakemake.params.results} fail their checksums, see {snakemake.log[0]}")
