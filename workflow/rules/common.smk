@@ -60,7 +60,3 @@ def share_scores(wildcards):
     return []
 
 
-def share_coverage(wildcards):
-    """The coverage table of the fits' intervals, shared when the study has made it."""
-    coverage = result("tables", "coverage.csv")
-    return [coverage] if Path(coverage).exists() else []

@@ -11,7 +11,7 @@ rule share:
     input:
         stats=expand(result("stats", "{source}.zarr"), source=SOURCES),
         scores=share_scores,
-        coverage=share_coverage,
+        coverage=result("tables", "coverage.csv"),
         fits=result("tables", "fits.csv"),
         headline=result("tables", "headline.csv"),
     output:
