@@ -1,9 +1,11 @@
 # Shared settings and helpers. The config is validated here, at parse time, so a bad key, a
 # missing model or an unusable corpus stops the run before any job starts.
 import json
+import sys
 from pathlib import Path
 
 from critscale import config as study_config
+from critscale import stalelock
 
 study_config.validate(config)
 
@@ -13,6 +15,15 @@ MODEL_RUNS = study_config.model_sources(config)
 SOURCES = FAMILIES + list(MODEL_RUNS)
 
 study_config.validate_model_sources(config)
+
+# Before any job: the stores' estimated size against the budget and the free disk. A hard kill
+# leaves Snakemake's lock behind; remove it when no other snakemake runs here, so a
+# plain rerun resumes (with rerun-incomplete from profiles/default). Jobs (subprocess or remote
+# mode) parse this file too and must never touch the lock of the run that started them.
+if workflow.is_main_process:
+    study_config.check_storage(config)  # estimate vs storage_budget_gb and free disk
+    for stale in stalelock.remove_stale_locks(Path.cwd()):
+        print(f"critscale: removed the stale lock {stale} of a killed run", file=sys.stderr)
 
 
 wildcard_constraints:
