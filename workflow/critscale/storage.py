@@ -18,6 +18,7 @@ one line without a fallback warning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -33,6 +34,7 @@ import xarray as xr
 import zarr
 
 SCORE_DIMS = ("unit", "n", "row", "key")
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 PROVENANCE_PACKAGES = (
     "critscale", "numpy", "scipy", "xarray", "zarr", "dask", "distributed", "statsmodels",
     "snakemake", "torch", "transformers",
@@ -57,9 +59,20 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str]:
     return versions
 
 
+@functools.cache
+def lock_sha256() -> str | None:
+    """sha256 of requirements.lock (the exact versions `make` installs); None outside a checkout."""
+    try:
+        return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def provenance(config: dict, **extra) -> str:
-    """JSON provenance record: the config that made a store, package versions, and ``extra``."""
-    return json.dumps({"config": config, "versions": package_versions(), **extra}, sort_keys=True, default=str)
+    """JSON provenance record: the config that made a store, package versions, the lock file's
+    hash, and ``extra``."""
+    record = {"config": config, "versions": package_versions(), "lock_sha256": lock_sha256(), **extra}
+    return json.dumps(record, sort_keys=True, default=str)
 
 
 def file_checksum(paths, algorithm: str = "sha256") -> str:

@@ -61,3 +61,61 @@ def all_targets():
         *figure_targets(),
         *prescription_targets(),
     ]
+
+
+# Helpers of the rule files (Snakemake's lint keeps functions out of files with rules).
+
+
+# used by models.smk
+def is_gguf(model):
+    return "gguf_file" in config["models"][model] or config["models"][model].get("path", "").endswith(".gguf")
+
+
+def model_spec(model):
+    """The model's config entry; GGUF models point at their converted safetensors directory."""
+    spec = dict(config["models"][model])
+    if is_gguf(model):
+        spec["converted"] = result("models", model)
+    return canonical(spec)
+
+
+def converted_model(wildcards):
+    model = MODEL_RUNS[wildcards.model_source]["model"]
+    return [result("models", model)] if is_gguf(model) else []
+
+
+# used by figures.smk
+def figure(*parts):
+    return result("figures", *parts)
+
+
+def source_category(wildcards):
+    """Report section of a source: its model x corpus name, or the synthetic families."""
+    return "Synthetic families" if wildcards.source in FAMILIES else wildcards.source
+
+
+def figure_targets():
+    """Every figure and report table of the study (used by rule all)."""
+    return [
+        figure("exponent_table.png"),
+        *expand(figure("{source}", "{name}.png"), source=SOURCES, name=SOURCE_FIGURES),
+        *expand(figure("{source}", "{name}.png"), source=MODEL_SOURCES, name=MODEL_FIGURES + PRESCRIPTION_FIGURES),
+        *expand(result("report", "{table}.html"), table=REPORT_TABLES[:4]),
+    ]
+
+
+# used by prescriptions.smk
+def prescription_targets():
+    tables = ["headline"]
+    if MODEL_RUNS:
+        tables += ["rule_drift", "recommendations", "operating_points"]
+    return [result("tables", f"{table}.csv") for table in tables] + [
+        result("report", f"{table}.html") for table in tables
+    ]
+
+
+# used by share.smk
+def share_scores(wildcards):
+    if config.get("share", {}).get("include_scores", False):
+        return expand(result("scores", "{source}.zarr"), source=SOURCES)
+    return []

@@ -7,11 +7,13 @@ rule fit:
     output:
         table=result("fits", "{source}.csv"),
         dataset=result("fits", "{source}.nc"),
+    log:
+        result("logs", "fit", "{source}.log"),
+    conda:
+        "../envs/critscale.yaml"
     params:
         fitting=canonical(config["fitting"]),
         seed=config["seed"],
-    log:
-        result("logs", "fit", "{source}.log"),
     script:
         "../scripts/fit.py"
 
@@ -23,5 +25,7 @@ rule fit_table:
         result("tables", "fits.csv"),
     log:
         result("logs", "fit_table.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/fit_table.py"

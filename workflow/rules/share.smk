@@ -4,12 +4,6 @@ ZIPPED = config.get("share", {}).get("format", "zip") == "zip"
 BUNDLE = result("share", "critscale-bundle.zarr" + (".zip" if ZIPPED else ""))
 
 
-def share_scores(wildcards):
-    if config.get("share", {}).get("include_scores", False):
-        return expand(result("scores", "{source}.zarr"), source=SOURCES)
-    return []
-
-
 rule share:
     input:
         stats=expand(result("stats", "{source}.zarr"), source=SOURCES),
@@ -19,11 +13,13 @@ rule share:
     output:
         bundle=BUNDLE if ZIPPED else directory(BUNDLE),
         datacard=f"{BUNDLE}.DATACARD.md",
+    log:
+        result("logs", "share.log"),
+    conda:
+        "../envs/critscale.yaml"
     params:
         share=canonical(config.get("share", {})),
         sources=SOURCES,
         study=canonical(config),
-    log:
-        result("logs", "share.log"),
     script:
         "../scripts/share.py"
