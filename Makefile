@@ -34,8 +34,8 @@ endif
 
 # Regenerate the lock (linux-64, Python 3.11, CPU torch) and the conda environment of the rules
 # after changing pyproject.toml; tests/test_environment.py checks that all of them agree.
-lock:
-	uv pip compile pyproject.toml --extra test --python-version 3.11 \
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --generate-hashes \
 		--custom-compile-command "make lock" --upgrade -o $(LOCK)
 	$(PYTHON) workflow/envs/conda_env_from_lock.py $(LOCK) $(CONDA_ENV)
