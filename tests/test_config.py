@@ -118,9 +118,9 @@ def test_default_models_and_corpora_validate():
         ("tied", {"sigma": 1.0, "ties": 1}, r"families\.tied\.params\.ties: 1 is less than the minimum of 2"),
         ("tied", {"sigma": 0, "ties": 2}, r"families\.tied\.params\.sigma: 0 is less than or equal"),
         ("simplex", {"q": 1.0}, r"families\.simplex\.params: 'p' is a required property"),
-        ("simplex", {"q": 0.0, "p": 1.0}, r"families\.simplex\.params: family 'simplex': parameter 'p'=1\.0 must be < q=0\.0"),
+        ("simplex", {"q": 0.0, "p": 1.0}, r"families\.simplex: family 'simplex': parameter 'p'=1\.0 must be < q=0\.0"),
         ("gaussian", {"sigm": 1.0}, r"families\.gaussian\.params: unknown key\(s\) 'sigm'; allowed keys: sigma"),
-        ("gaussian", {"sigma": float("inf")}, r"families\.gaussian\.params: family 'gaussian': parameter 'sigma'=inf not allowed"),
+        ("gaussian", {"sigma": float("inf")}, r"families\.gaussian: family 'gaussian': parameter 'sigma'=inf not allowed"),
         ("tied", {"ties": 100}, r"families\.tied\.params\.ties: 100 tied keys do not fit the shortest n = 64"),
     ],
 )
@@ -134,7 +134,7 @@ def test_family_parameters_are_checked(family, params, expected):
 def test_quantile_sampling_of_a_non_iid_family_is_an_error():
     config = copy.deepcopy(DEFAULT)
     config["families"]["tied"]["sampling"] = "quantile"
-    with pytest.raises(study_config.ConfigError, match=r"families\.tied\.params: sampling 'quantile' needs an i\.i\.d\. family"):
+    with pytest.raises(study_config.ConfigError, match=r"families\.tied: sampling 'quantile' needs an i\.i\.d\. family"):
         study_config.validate(config)
 
 

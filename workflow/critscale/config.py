@@ -87,7 +87,7 @@ def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:
     try:
         family, _ = families.parse_spec(spec)
     except ValueError as error:
-        raise ConfigError(f"config key families.{name}.params: {error}") from None
+        raise ConfigError(f"config key families.{name}: {error}") from None
     ties = family.params.get("ties")
     if ties is not None and ties > n_ladder[0]:
         raise ConfigError(
