@@ -1,28 +1,64 @@
 # Two commands do everything on a fresh machine:
 #   make study CORES=2   - creates .venv if needed, runs the default study, builds the report
-#   make test            - creates .venv if needed, runs the whole test suite
+#   make test            - installs Chromium if missing, creates .venv if needed, runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
 CONFIG ?= config.yaml
 RESULTS ?= results
+# uv (default) or pip: both install the exact versions and hashes of requirements.lock.
+INSTALLER ?= uv
+# torch's CPU wheel (2.13.0+cpu) is not on PyPI: take it from pip's find-links where the machine
+# sets them, else from PyTorch's CPU wheel index.
+TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
+LOCK := requirements.lock
+NO_DEPS := workflow/envs/no-deps.txt
+CONDA_ENV := workflow/envs/critscale.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV_PIN = $(shell grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)
 
-.PHONY: study test benchmark share verify dry-run clean-results
+.PHONY: study test chromium benchmark share verify dry-run lock clean-results
 
-$(STAMP): pyproject.toml workflow/envs/no-deps.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pip install --quiet --no-deps -r workflow/envs/no-deps.txt
+$(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(INSTALLER),uv)
+	$(BIN)/python -m pip install --quiet $(UV_PIN)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . -r $(NO_DEPS)
+else
+	$(BIN)/python -m pip install --quiet --require-hashes --find-links $(TORCH_WHEELS) -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e . -r $(NO_DEPS)
+endif
 	touch $@
 
+# Regenerate the lock (linux-64, Python 3.11, CPU torch) and the conda environment of the rules
+# after changing pyproject.toml; tests/test_environment.py checks that all of them agree.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --generate-hashes \
+		--custom-compile-command "make lock" --upgrade -o $(LOCK)
+	$(PYTHON) workflow/envs/conda_env_from_lock.py $(LOCK) $(CONDA_ENV)
+
+# The report test opens the HTML report in headless Chromium. Checked first, so a machine that
+# cannot install it stops within seconds with the command to run.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make test: installing Chromium (apt-get install -y chromium)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make test needs Chromium for the report test; run: sudo apt-get install -y chromium" >&2; \
+	    exit 1; \
+	  fi; }
+
+# A killed run resumes: profiles/default sets rerun-incomplete, and workflow/rules/common.smk
+# removes the lock of a killed run when no other snakemake runs in this directory.
 study: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) \
 		--report $(RESULTS)/report.html --report-after-run
 
-test: $(STAMP)
+test: chromium $(STAMP)
 	$(BIN)/python -m pytest
 
 benchmark: $(STAMP)

@@ -1,6 +1,7 @@
 """A config error names the key and what is allowed, and stops before any job runs."""
 
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,118 @@ def test_unknown_corpus_kind_names_the_allowed_kinds():
 
 def test_default_models_and_corpora_validate():
     study_config.validate_model_sources(copy.deepcopy(DEFAULT))
+
+
+@pytest.mark.parametrize(
+    "family, params, expected",
+    [
+        ("gaussian", {"sigma": -1}, r"families\.gaussian\.params\.sigma: -1 is less than or equal to the minimum of 0"),
+        ("weibull3", {"gamma": 0}, r"families\.weibull3\.params\.gamma: 0 is less than or equal to the minimum of 0"),
+        ("weibull3", {}, r"families\.weibull3\.params: 'gamma' is a required property"),
+        ("shrinking_gaps", {"c": 0.0}, r"families\.shrinking_gaps\.params\.c: 0\.0 is less than or equal to the minimum of 0"),
+        ("sphere_d3", {"d": 1}, r"families\.sphere_d3\.params\.d: 1 is less than the minimum of 2"),
+        ("sphere_d3", {"d": 2.5}, r"families\.sphere_d3\.params\.d: 2\.5 is not of type 'integer'"),
+        ("sphere_d3", {"d": 3, "query_norm": 0}, r"families\.sphere_d3\.params\.query_norm: 0 is less than or equal"),
+        ("tied", {"sigma": 1.0, "ties": 1}, r"families\.tied\.params\.ties: 1 is less than the minimum of 2"),
+        ("tied", {"sigma": 0, "ties": 2}, r"families\.tied\.params\.sigma: 0 is less than or equal"),
+        ("simplex", {"q": 1.0}, r"families\.simplex\.params: 'p' is a required property"),
+        ("simplex", {"q": 0.0, "p": 1.0}, r"families\.simplex: family 'simplex': parameter 'p'=1\.0 must be < q=0\.0"),
+        ("gaussian", {"sigm": 1.0}, r"families\.gaussian\.params: unknown key\(s\) 'sigm'; allowed keys: sigma"),
+        ("gaussian", {"sigma": float("inf")}, r"families\.gaussian: family 'gaussian': parameter 'sigma'=inf not allowed"),
+        ("tied", {"ties": 100}, r"families\.tied\.params\.ties: 100 tied keys do not fit the shortest n = 64"),
+    ],
+)
+def test_family_parameters_are_checked(family, params, expected):
+    config = copy.deepcopy(DEFAULT)
+    config["families"][family]["params"] = params
+    with pytest.raises(study_config.ConfigError, match=expected):
+        study_config.validate(config)
+
+
+def test_quantile_sampling_of_a_non_iid_family_is_an_error():
+    config = copy.deepcopy(DEFAULT)
+    config["families"]["tied"]["sampling"] = "quantile"
+    with pytest.raises(study_config.ConfigError, match=r"families\.tied: sampling 'quantile' needs an i\.i\.d\. family"):
+        study_config.validate(config)
+
+
+def tiny_config(tmp_path, **changes):
+    config = yaml.safe_load((ROOT / "tests/data/tiny_config.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    config.update(changes)
+    return config
+
+
+def test_store_estimate_matches_the_stores_sizes_by_hand(tmp_path):
+    config = tiny_config(tmp_path)
+    estimates = {e.path: e for e in study_config.estimate_stores(config)}
+    ladder = [16, 32, 64, 128, 256]
+    # gaussian: 24 rows of float32 at every n; statistics: 24 rows x 5 lengths x one row's bytes
+    assert estimates["scores/gaussian.zarr"].nbytes == 24 * sum(ladder) * 4
+    per_row = study_config.statistics_bytes_per_row(config)
+    assert estimates["stats/gaussian.zarr"].nbytes == 24 * len(ladder) * per_row
+    assert estimates["scores/simplex.zarr"].keys == ("families.simplex.rows", "ladder")
+    # one row of statistics: 6 int/float scalars + 9 t + 2 resolutions + 5 responses on 8 betas and 9 rhos
+    assert per_row == 8 * (6 + 9 + 2 + 5 * 8 + 5 * 9)
+
+
+def test_model_store_estimate_multiplies_layers_heads_and_rows(tmp_path):
+    config = tiny_config(tmp_path, models={"m": {"path": "x", "ladder": [8, 16, 32]}}, corpora={"c": {"kind": "stdlib"}},
+                         studies=[{"model": "m", "corpora": ["c"], "exclude_first_keys": [0, 2]}],
+                         extraction={"sequences": 3, "queries": 2})
+    estimates = {e.path: e for e in study_config.estimate_stores(config, units_of=lambda model: 10)}
+    assert estimates["scores/m__c.zarr"].nbytes == 10 * 3 * 2 * (8 + 16 + 32) * 4
+    assert estimates["stats/m__c__skip2.zarr"].nbytes == 10 * 3 * 2 * 3 * study_config.statistics_bytes_per_row(config)
+    assert "extraction.sequences" in estimates["scores/m__c.zarr"].keys
+
+
+def test_default_models_have_their_layers_and_heads():
+    assert study_config.model_units(DEFAULT, "minilm_l6") == 6 * 12
+    assert study_config.model_units(DEFAULT, "smollm2_135m") == 30 * 9
+
+
+def test_oversized_rows_stop_with_the_estimate_and_the_key(tmp_path):
+    config = tiny_config(tmp_path, rows=100_000_000)
+    with pytest.raises(study_config.ConfigError, match=r"storage_budget_gb: the study's stores would take about 606 GB, beyond the budget of 100 GB; the largest is .*results/stats/gaussian\.zarr \(about 408 GB; lower rows, ladder\)"):
+        study_config.check_storage(config)
+
+
+def test_budget_is_configurable(tmp_path):
+    config = tiny_config(tmp_path, storage_budget_gb=1e-6)
+    with pytest.raises(study_config.ConfigError, match=r"beyond the budget of 1e-06 GB; the largest is .*stats/gaussian\.zarr"):
+        study_config.check_storage(config)
+    config["storage_budget_gb"] = 1
+    assert study_config.check_storage(config)
+
+
+def test_refuses_when_the_estimate_exceeds_the_free_disk(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    total = sum(e.nbytes for e in study_config.estimate_stores(config))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=total - 1))
+    with pytest.raises(study_config.ConfigError, match=r"config key results: the stores still to write need about .* free"):
+        study_config.check_storage(config)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=total))
+    study_config.check_storage(config)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c["families"]["gaussian"]["params"].update(sigma=-1), "families.gaussian.params.sigma: -1 is less than or equal to the minimum of 0"),
+        (lambda c: c["families"]["gaussian"].update(family="weibull", params={"gamma": 0}), "families.gaussian.params.gamma: 0 is less than or equal to the minimum of 0"),
+        (lambda c: c.update(rows=100_000_000), "(about 408 GB; lower rows, ladder), or raise storage_budget_gb"),
+    ],
+)
+def test_bad_tiny_configs_stop_before_any_job(tmp_path, change, expected):
+    config = tiny_config(tmp_path)
+    change(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(path), "--replace-workflow-config"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert run.returncode != 0
+    assert expected in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import yaml
 
-from .gapstats import Grids, octave_grid
+from . import families
+from .gapstats import Grids, octave_grid, row_statistics
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+#: ``storage_budget_gb`` when the config does not set it: the most the stores of a study may take.
+DEFAULT_STORAGE_BUDGET_GB = 100
+#: Model score stores are float32 whatever the extraction dtype (critscale.extraction).
+MODEL_SCORE_BYTES = 4
 
 
 class ConfigError(ValueError):
@@ -53,7 +61,7 @@ def validate(config: dict) -> dict:
         if grid["min"] >= grid["max"]:
             raise ConfigError(f"config key grids.{name}: min ({grid['min']}) must be below max ({grid['max']})")
     for name, spec in config["families"].items():
-        ladder(spec.get("ladder", config["ladder"]), f"families.{name}.ladder")
+        _validate_family(name, spec, ladder(spec.get("ladder", config["ladder"]), f"families.{name}.ladder"))
     ladder(config["ladder"], "ladder")
     for name, spec in config.get("models", {}).items():
         ladder(spec["ladder"], f"models.{name}.ladder")
@@ -70,6 +78,22 @@ def validate(config: dict) -> dict:
                     f"corpora in this config: {', '.join(config.get('corpora', {})) or 'none'}"
                 )
     return config
+
+
+def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:
+    """What the schema cannot say about a family: constraints between parameters (simplex
+    ``p < q``), finite values, quantile sampling of a non-i.i.d. family, ``ties`` beyond the
+    shortest ``n``."""
+    try:
+        family, _ = families.parse_spec(spec)
+    except ValueError as error:
+        raise ConfigError(f"config key families.{name}: {error}") from None
+    ties = family.params.get("ties")
+    if ties is not None and ties > n_ladder[0]:
+        raise ConfigError(
+            f"config key families.{name}.params.ties: {ties} tied keys do not fit the shortest n = {n_ladder[0]} "
+            f"of the ladder; lower ties or start the ladder at n >= {ties}"
+        )
 
 
 def validate_model_sources(config: dict) -> None:
@@ -137,3 +161,133 @@ def grids(g: dict) -> Grids:
         beta=octave_grid(g["beta"]["min"], g["beta"]["max"], g["beta"]["per_octave"]),
         rho=octave_grid(g["rho"]["min"], g["rho"]["max"], g["rho"]["per_octave"]),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Disk the study's stores will take, checked before any job runs
+
+
+@dataclass(frozen=True)
+class StoreEstimate:
+    """Estimated bytes of one store and the config keys that size it."""
+
+    path: str
+    nbytes: int
+    keys: tuple[str, ...]
+
+
+def statistics_bytes_per_row(config: dict) -> int:
+    """Bytes of the per-row statistics of one row on the configured grids (measured on a row)."""
+    stats = row_statistics(np.zeros((1, 2)), grids(config["grids"]))
+    return sum(np.asarray(value).nbytes for value in stats.values())
+
+
+def _family_stores(config: dict, per_row: int) -> list[StoreEstimate]:
+    estimates = []
+    for name, spec in config["families"].items():
+        n_ladder = ladder(spec.get("ladder", config["ladder"]))
+        rows = spec.get("rows", config.get("rows", 256))
+        keys = (
+            f"families.{name}.rows" if "rows" in spec else "rows",
+            f"families.{name}.ladder" if "ladder" in spec else "ladder",
+        )
+        itemsize = np.dtype(spec.get("dtype", "float32")).itemsize
+        estimates.append(StoreEstimate(f"scores/{name}.zarr", rows * sum(n_ladder) * itemsize, keys))
+        estimates.append(StoreEstimate(f"stats/{name}.zarr", rows * len(n_ladder) * per_row, keys))
+    return estimates
+
+
+def model_units(config: dict, model: str) -> int:
+    """Layers x heads a model source extracts: the ``extraction`` lists, else the whole model
+    (read from the model's config; no weights loaded)."""
+    from . import extraction
+
+    chosen = config.get("extraction", {})
+    layers, heads = chosen.get("layers"), chosen.get("heads")
+    if layers is None or heads is None:
+        spec = config["models"][model]
+        source = extraction.resolve_model_source(spec)
+        n_layers, n_heads = _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
+        layers = range(n_layers) if layers is None else layers
+        heads = range(n_heads) if heads is None else heads
+    return len(layers) * len(heads)
+
+
+def _gguf_shape(path: str) -> tuple[int, int]:
+    """Layers and attention heads from a GGUF header (transformers would parse the tensors too)."""
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    arch = fields["general.architecture"].contents()
+    return int(fields[f"{arch}.block_count"].contents()), int(fields[f"{arch}.attention.head_count"].contents())
+
+
+def _config_shape(source: dict, spec: dict) -> tuple[int, int]:
+    from . import extraction
+
+    model_config = extraction._load_config(source, spec)
+    model_config = getattr(model_config, "text_config", model_config)
+    return int(model_config.num_hidden_layers), int(model_config.num_attention_heads)
+
+
+def _model_stores(config: dict, per_row: int, units_of) -> list[StoreEstimate]:
+    extraction = config.get("extraction", {})
+    rows = extraction.get("sequences", 4) * extraction.get("queries", 1)
+    estimates = []
+    for source, run in model_sources(config).items():
+        n_ladder = ladder(config["models"][run["model"]]["ladder"])
+        units = units_of(run["model"])
+        keys = ("extraction.sequences", "extraction.queries", f"models.{run['model']}.ladder", "extraction.layers", "extraction.heads")
+        estimates.append(StoreEstimate(f"scores/{source}.zarr", units * rows * sum(n_ladder) * MODEL_SCORE_BYTES, keys))
+        estimates.append(StoreEstimate(f"stats/{source}.zarr", units * rows * len(n_ladder) * per_row, keys))
+    return estimates
+
+
+def estimate_stores(config: dict, units_of=None) -> list[StoreEstimate]:
+    """Uncompressed size of every score and statistics store of the study: scores are rows x
+    keys (the sum of the ladder) x the dtype's bytes; statistics rows x ladder x the bytes of one
+    row's statistics on the grids; model sources multiply by layers x heads. ``units_of(model)``
+    gives a model's layers x heads (default :func:`model_units`)."""
+    per_row = statistics_bytes_per_row(config)
+    units_of = units_of or (lambda model: model_units(config, model))
+    return _family_stores(config, per_row) + _model_stores(config, per_row, units_of)
+
+
+def free_bytes(folder) -> int | None:
+    """Free bytes of the file system ``folder`` is (or will be) on; None for an fsspec URL."""
+    if "://" in str(folder):
+        return None
+    path = Path(folder).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.3g} GB"
+
+
+def check_storage(config: dict, units_of=None) -> list[StoreEstimate]:
+    """Stop (``ConfigError``) when the study's stores would exceed ``storage_budget_gb`` or the
+    free disk of the results folder (stores already written are not counted there); return the
+    estimates."""
+    estimates = estimate_stores(config, units_of)
+    total = sum(e.nbytes for e in estimates)
+    largest = max(estimates, key=lambda e: e.nbytes, default=None)
+    if largest is None:
+        return estimates
+    hint = f"the largest is {config['results']}/{largest.path} (about {_gb(largest.nbytes)}; lower {', '.join(largest.keys)})"
+    budget = config.get("storage_budget_gb", DEFAULT_STORAGE_BUDGET_GB)
+    if total > budget * 1e9:
+        raise ConfigError(
+            f"config key storage_budget_gb: the study's stores would take about {_gb(total)}, beyond the budget of "
+            f"{budget} GB; {hint}, or raise storage_budget_gb"
+        )
+    pending = sum(e.nbytes for e in estimates if not Path(config["results"], e.path).exists())
+    free = free_bytes(config["results"])
+    if free is not None and pending > free:
+        raise ConfigError(
+            f"config key results: the stores still to write need about {_gb(pending)} but {config['results']} has "
+            f"{_gb(free)} free; free disk, choose another results folder, or shrink the study: {hint}"
+        )
+    return estimates

@@ -20,6 +20,7 @@ the store is finished, which ``critscale.verify`` checks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -37,6 +38,7 @@ import xarray as xr
 import zarr
 
 SCORE_DIMS = ("unit", "n", "row", "key")
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 #: The checksum manifest inside every complete store (and share bundle): {"sha256": {key: hex}}.
 MANIFEST = "critscale-checksums.json"
 #: Files of a store that are not its data: the manifest itself, and the marker Snakemake puts in
@@ -66,9 +68,20 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str]:
     return versions
 
 
+@functools.cache
+def lock_sha256() -> str | None:
+    """sha256 of requirements.lock (the exact versions `make` installs); None outside a checkout."""
+    try:
+        return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def provenance(config: dict, **extra) -> str:
-    """JSON provenance record: the config that made a store, package versions, and ``extra``."""
-    return json.dumps({"config": config, "versions": package_versions(), **extra}, sort_keys=True, default=str)
+    """JSON provenance record: the config that made a store, package versions, the lock file's
+    hash, and ``extra``."""
+    record = {"config": config, "versions": package_versions(), "lock_sha256": lock_sha256(), **extra}
+    return json.dumps(record, sort_keys=True, default=str)
 
 
 def file_checksum(paths, algorithm: str = "sha256") -> str:

@@ -1,9 +1,11 @@
 # Shared settings and helpers. The config is validated here, at parse time, so a bad key, a
 # missing model or an unusable corpus stops the run before any job starts.
 import json
+import sys
 from pathlib import Path
 
 from critscale import config as study_config
+from critscale import stalelock
 
 study_config.validate(config)
 
@@ -13,6 +15,15 @@ MODEL_RUNS = study_config.model_sources(config)
 SOURCES = FAMILIES + list(MODEL_RUNS)
 
 study_config.validate_model_sources(config)
+
+# Before any job: the stores' estimated size against the budget and the free disk. A hard kill
+# leaves Snakemake's lock behind; remove it when no other snakemake runs here, so a
+# plain rerun resumes (with rerun-incomplete from profiles/default). Jobs (subprocess or remote
+# mode) parse this file too and must never touch the lock of the run that started them.
+if workflow.is_main_process:
+    study_config.check_storage(config)  # estimate vs storage_budget_gb and free disk
+    for stale in stalelock.remove_stale_locks(Path.cwd()):
+        print(f"critscale: removed the stale lock {stale} of a killed run", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -53,10 +64,60 @@ def all_targets():
     ]
 
 
+# Helpers of the rule files (Snakemake's lint keeps functions out of files with rules).
+
+
+# used by models.smk
+def is_gguf(model):
+    return "gguf_file" in config["models"][model] or config["models"][model].get("path", "").endswith(".gguf")
+
+
+def model_spec(model):
+    """The model's config entry; GGUF models point at their converted safetensors directory."""
+    spec = dict(config["models"][model])
+    if is_gguf(model):
+        spec["converted"] = result("models", model)
+    return canonical(spec)
+
+
+def converted_model(wildcards):
+    model = MODEL_RUNS[wildcards.model_source]["model"]
+    return [result("models", model)] if is_gguf(model) else []
+
+
+# used by figures.smk
+def figure(*parts):
+    return result("figures", *parts)
+
+
+def source_category(wildcards):
+    """Report section of a source: its model x corpus name, or the synthetic families."""
+    return "Synthetic families" if wildcards.source in FAMILIES else wildcards.source
+
+
+def figure_targets():
+    """Every figure and report table of the study (used by rule all)."""
+    return [
+        figure("exponent_table.png"),
+        *expand(figure("{source}", "{name}.png"), source=SOURCES, name=SOURCE_FIGURES),
+        *expand(figure("{source}", "{name}.png"), source=MODEL_SOURCES, name=MODEL_FIGURES + PRESCRIPTION_FIGURES),
+        *expand(result("report", "{table}.html"), table=REPORT_TABLES[:4]),
+    ]
+
+
+# used by prescriptions.smk
+def prescription_targets():
+    tables = ["headline"]
+    if MODEL_RUNS:
+        tables += ["rule_drift", "recommendations", "operating_points"]
+    return [result("tables", f"{table}.csv") for table in tables] + [
+        result("report", f"{table}.html") for table in tables
+    ]
+
+
+# used by share.smk
 def share_scores(wildcards):
     """The score stores, when the sharing level includes them."""
     if config.get("share", {}).get("level", "aggregates") == "scores":
         return expand(result("scores", "{source}.zarr"), source=SOURCES)
     return []
-
-

@@ -6,27 +6,16 @@ MODEL_SOURCES = [source for source in SOURCES if source not in FAMILIES]
 SOURCE_FIGURES = ("gap_counting", "scale_vs_log_n", "collapse")
 MODEL_FIGURES = ("xi_heatmap", "law_winners", "collapse_by_layer")
 PRESCRIPTION_FIGURES = ("rule_drift", "operating_points")
-REPORT_TABLES = ("fits", "theory_check", "theorem_violations", "headline", "rule_drift", "recommendations", "operating_points")
+REPORT_TABLES = (
+    "fits",
+    "theory_check",
+    "theorem_violations",
+    "headline",
+    "rule_drift",
+    "recommendations",
+    "operating_points",
+)
 PRESCRIPTION_TABLES = ("rule_drift", "recommendations", "operating_points")
-
-
-def figure(*parts):
-    return result("figures", *parts)
-
-
-def source_category(wildcards):
-    """Report section of a source: its model x corpus name, or the synthetic families."""
-    return "Synthetic families" if wildcards.source in FAMILIES else wildcards.source
-
-
-def figure_targets():
-    """Every figure and report table of the study (used by rule all)."""
-    return [
-        figure("exponent_table.png"),
-        *expand(figure("{source}", "{name}.png"), source=SOURCES, name=SOURCE_FIGURES),
-        *expand(figure("{source}", "{name}.png"), source=MODEL_SOURCES, name=MODEL_FIGURES + PRESCRIPTION_FIGURES),
-        *expand(result("report", "{table}.html"), table=REPORT_TABLES[:4]),
-    ]
 
 
 rule figures_source:
@@ -57,6 +46,8 @@ rule figures_source:
         ),
     log:
         result("logs", "figures_source", "{source}.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/figures_source.py"
 
@@ -74,6 +65,8 @@ rule figures_overview:
         ),
     log:
         result("logs", "figures_overview.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/figures_overview.py"
 
@@ -106,6 +99,8 @@ rule figures_model:
         ),
     log:
         result("logs", "figures_model", "{source}.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/figures_model.py"
 
@@ -131,6 +126,8 @@ rule figures_prescriptions:
         ),
     log:
         result("logs", "figures_prescriptions", "{source}.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/figures_prescriptions.py"
 
@@ -146,9 +143,11 @@ rule report_table:
             subcategory="Tables",
             labels={"table": "{table}"},
         ),
-    wildcard_constraints:
-        table="|".join(REPORT_TABLES),
     log:
         result("logs", "report_table", "{table}.log"),
+    wildcard_constraints:
+        table="|".join(REPORT_TABLES),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/figures_table.py"

@@ -7,11 +7,13 @@ rule fit:
     output:
         table=result("fits", "{source}.csv"),
         dataset=result("fits", "{source}.nc"),
+    log:
+        result("logs", "fit", "{source}.log"),
+    conda:
+        "../envs/critscale.yaml"
     params:
         fitting=canonical(config["fitting"]),
         seed=config["seed"],
-    log:
-        result("logs", "fit", "{source}.log"),
     script:
         "../scripts/fit.py"
 
@@ -23,6 +25,8 @@ rule fit_table:
         result("tables", "fits.csv"),
     log:
         result("logs", "fit_table.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/fit_table.py"
 
@@ -38,5 +42,7 @@ rule coverage:
     benchmark:
         result("benchmarks", "coverage.tsv")
     threads: 2
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/coverage_table.py"

@@ -2,15 +2,6 @@
 # the headline tables of the study.
 
 
-def prescription_targets():
-    tables = ["headline"]
-    if MODEL_RUNS:
-        tables += ["rule_drift", "recommendations", "operating_points"]
-    return [result("tables", f"{table}.csv") for table in tables] + [
-        result("report", f"{table}.html") for table in tables
-    ]
-
-
 rule prescriptions:
     input:
         stats=result("stats", "{model_source}.zarr"),
@@ -19,10 +10,12 @@ rule prescriptions:
         rule_drift=result("prescriptions", "{model_source}", "rule_drift.csv"),
         recommendations=result("prescriptions", "{model_source}", "recommendations.csv"),
         operating_points=result("prescriptions", "{model_source}", "operating_points.csv"),
-    params:
-        fitting=canonical(config["fitting"]),
     log:
         result("logs", "prescriptions", "{model_source}.log"),
+    conda:
+        "../envs/critscale.yaml"
+    params:
+        fitting=canonical(config["fitting"]),
     script:
         "../scripts/prescriptions.py"
 
@@ -32,10 +25,12 @@ rule prescription_table:
         expand(result("prescriptions", "{model_source}", "{{table}}.csv"), model_source=MODEL_RUNS),
     output:
         result("tables", "{table}.csv"),
-    wildcard_constraints:
-        table="rule_drift|recommendations|operating_points",
     log:
         result("logs", "prescription_table", "{table}.log"),
+    wildcard_constraints:
+        table="rule_drift|recommendations|operating_points",
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/fit_table.py"
 
@@ -47,5 +42,7 @@ rule headline:
         result("tables", "headline.csv"),
     log:
         result("logs", "headline.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/headline.py"

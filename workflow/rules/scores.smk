@@ -4,17 +4,19 @@
 rule family_scores:
     output:
         directory(result("scores", "{family}.zarr")),
+    log:
+        result("logs", "family_scores", "{family}.log"),
+    benchmark:
+        result("benchmarks", "family_scores", "{family}.tsv")
+    conda:
+        "../envs/critscale.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
     params:
         spec=family_spec,
         seed=config["seed"],
         row_chunk=config["compute"]["row_chunk"],
         quantiles=config["quantiles"],
-    log:
-        result("logs", "family_scores", "{family}.log"),
-    benchmark:
-        result("benchmarks", "family_scores", "{family}.tsv")
-    threads: 2
-    resources:
-        mem_mb=2000,
     script:
         "../scripts/family_scores.py"

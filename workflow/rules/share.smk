@@ -21,6 +21,8 @@ rule share:
         result("logs", "share.log"),
     benchmark:
         result("benchmarks", "share.tsv")
+    conda:
+        "../envs/critscale.yaml"
     params:
         share=canonical(SHARE),
         sources=SOURCES,
@@ -35,6 +37,8 @@ rule verify:
     log:
         result("logs", "verify.log"),
     localrule: True
+    conda:
+        "../envs/critscale.yaml"
     params:
         results=RESULTS,
     script:

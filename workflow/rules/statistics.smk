@@ -6,16 +6,18 @@ rule statistics:
         result("scores", "{source}.zarr"),
     output:
         directory(result("stats", "{source}.zarr")),
-    params:
-        grids=canonical(config["grids"]),
-        quantiles=config["quantiles"],
-        compute=canonical(config["compute"]),
     log:
         result("logs", "statistics", "{source}.log"),
     benchmark:
         result("benchmarks", "statistics", "{source}.tsv")
+    conda:
+        "../envs/critscale.yaml"
     threads: 2
     resources:
         mem_mb=4000,
+    params:
+        grids=canonical(config["grids"]),
+        quantiles=config["quantiles"],
+        compute=canonical(config["compute"]),
     script:
         "../scripts/statistics.py"

@@ -10,5 +10,7 @@ rule theory_check:
         violations=result("tables", "theorem_violations.csv"),
     log:
         result("logs", "theory_check.log"),
+    conda:
+        "../envs/critscale.yaml"
     script:
         "../scripts/theory_check.py"
