@@ -255,13 +255,14 @@ def check_positions(length: int, n_ladder, causal: bool, first_window: bool) -> 
     return [length - 1] if first_window or length == n_ladder[0] else []
 
 
-def self_check(model, input_ids, study_rows: dict, positions, checked, *, causal: bool, heads=None, modules=None) -> dict:
+def self_check(model, inputs, study_rows: dict, positions, checked, *, causal: bool, heads=None, modules=None) -> dict:
     """Check the rows a study forward captured against the model's own eager forward.
 
     ``study_rows``: layer -> ``(B, H, P, K)`` rows captured at query ``positions`` of a forward
-    over ``input_ids`` (``heads`` selected); ``checked``: the positions to check (see
-    :func:`check_positions`).  Runs one eager forward (over the prefix up to the last checked
-    position when ``causal``) with the capture inside it.  Returns ``{"capture_error",
+    over ``inputs`` (token ids, or a dict of model inputs such as ``pixel_values``; ``heads``
+    selected); ``checked``: the positions to check (see :func:`check_positions`).  Runs one eager
+    forward (over the prefix up to the last checked position when ``causal``) with the capture
+    inside it.  Returns ``{"capture_error",
     "drift_error", "capture_tol", "drift_tol", "rows", "seconds"}``; raises
     :class:`ExactnessError` (capture) or :class:`DriftError` (drift) beyond the dtype's tolerance."""
     import torch
@@ -271,22 +272,25 @@ def self_check(model, input_ids, study_rows: dict, positions, checked, *, causal
     if not checked:
         return {"capture_error": 0.0, "drift_error": 0.0, "rows": 0, "seconds": 0.0}
     modules = layer_modules(model) if modules is None else modules
-    length = checked[-1] + 1 if causal else input_ids.shape[1]
+    if not isinstance(inputs, dict):
+        inputs = {"input_ids": inputs[:, : checked[-1] + 1] if causal else inputs}
+    elif causal:
+        raise ValueError("a causal self-check takes token ids (it runs on their prefix)")
     reference = {}
     with capturing(model, checked, lambda layer, rows, probs: reference.__setitem__(layer, (rows, probs)),
                    layers=list(study_rows), heads=heads, mode="reference", modules=modules), torch.inference_mode():
-        model(input_ids=input_ids[:, :length])
+        model(**inputs)
     if set(reference) != set(study_rows):
         raise ExactnessError(f"self-check saw layers {sorted(reference)} of {sorted(study_rows)}")
     index = torch.as_tensor([list(positions).index(p) for p in checked], dtype=torch.long)
     capture_error = drift_error = 0.0
     for layer, (rows, probabilities) in reference.items():
         capture_error = max(capture_error, log_prob_error(rows, torch.log(probabilities)))
-        study = study_rows[layer].index_select(2, index.to(rows.device))[..., :length].to(rows.dtype)
+        study = study_rows[layer].index_select(2, index.to(rows.device))[..., : rows.shape[-1]].to(rows.dtype)
         drift_error = max(drift_error, log_prob_error(study, torch.log_softmax(torch.nan_to_num(rows, nan=-math.inf), -1)))
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     result = {"capture_error": capture_error, "drift_error": drift_error, "capture_tol": CAPTURE_TOL[dtype],
-              "drift_tol": DRIFT_TOL[dtype], "rows": int(input_ids.shape[0]) * len(checked), "seconds": time.perf_counter() - t0}
+              "drift_tol": DRIFT_TOL[dtype], "rows": int(rows.shape[0]) * len(checked), "seconds": time.perf_counter() - t0}
     where = f"model type {model.config.model_type!r}, {dtype}, positions {checked}"
     if not capture_error <= CAPTURE_TOL[dtype]:
         raise ExactnessError(
