@@ -53,7 +53,9 @@ def test_captured_rows_are_the_models_own_attention(model_type, mode):
         error = cap.log_prob_error(rows[layer], torch.log(probabilities[:, :, positions]))
         assert error <= F32, (model_type, mode, layer, error)
     # the capture does not change the forward: it is the model's own in that implementation
-    own = own_forward(model, inputs, mode).last_hidden_state
+    # (soft-capped attention has no SDPA kernel: the capture continues in eager, as the model does)
+    softcapped = getattr(model.config, "attn_logit_softcapping", None) is not None
+    own = own_forward(model, inputs, "eager" if softcapped else mode).last_hidden_state
     assert (hidden - own).abs().max().item() <= 1e-5
 
 
@@ -63,7 +65,7 @@ def test_self_check_passes_with_rounding_level_capture_error(model_type, mode):
     model = tiny_model(model_type)
     inputs = tiny_inputs(model_type)
     length = sequence_length(model_type, inputs)
-    positions = [length - 1, 20, 10, 3]
+    positions = [length - 1, length - 2, 10, 3]
     rows, _ = captured_rows(model, inputs, positions, mode)
     causal = ml.attention_layout(model).direction == "causal"
     check_inputs = inputs["input_ids"] if causal else inputs

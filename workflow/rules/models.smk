@@ -1,13 +1,28 @@
 # Model sources: exact pre-softmax attention rows of transformers reading text.
+from critscale import model_loading
 
 
 def is_gguf(model):
-    return "gguf_file" in config["models"][model] or config["models"][model].get("path", "").endswith(".gguf")
+    spec = config["models"][model]
+    return "gguf_file" in spec or spec.get("path", "").endswith(".gguf") or model_loading.needs_assembly(spec)
+
+
+def assembled_gguf(model):
+    """The GGUF assembled from a chunk package, or nothing for any other model entry."""
+    return [result("models", f"{model}.gguf")] if model_loading.needs_assembly(config["models"][model]) else []
+
+
+def gguf_spec(model):
+    """The model's config entry, pointing at its assembled GGUF when it ships in chunks."""
+    spec = dict(config["models"][model])
+    if assembled_gguf(model):
+        spec["assembled"] = assembled_gguf(model)[0]
+    return canonical(spec)
 
 
 def model_spec(model):
     """The model's config entry; GGUF models point at their converted safetensors directory."""
-    spec = dict(config["models"][model])
+    spec = gguf_spec(model)
     if is_gguf(model):
         spec["converted"] = result("models", model)
     return canonical(spec)
@@ -18,11 +33,26 @@ def converted_model(wildcards):
     return [result("models", model)] if is_gguf(model) else []
 
 
+rule assemble_gguf:
+    output:
+        result("models", "{model}.gguf"),
+    params:
+        package=lambda wildcards: config["models"][wildcards.model]["package"],
+    log:
+        result("logs", "assemble_gguf", "{model}.log"),
+    benchmark:
+        result("benchmarks", "assemble_gguf", "{model}.tsv")
+    script:
+        "../scripts/assemble_gguf.py"
+
+
 rule convert_gguf:
+    input:
+        lambda wildcards: assembled_gguf(wildcards.model),
     output:
         directory(result("models", "{model}")),
     params:
-        spec=lambda wildcards: canonical(config["models"][wildcards.model]),
+        spec=lambda wildcards: gguf_spec(wildcards.model),
     log:
         result("logs", "convert_gguf", "{model}.log"),
     benchmark:
