@@ -38,13 +38,17 @@ def own_forward(model, inputs, implementation):
         model.set_attn_implementation(previous)
 
 
+def tiny_case(model_type):
+    """A tiny model, its inputs (batch of 2) and query positions: the last, one inside, one early."""
+    inputs = tiny_inputs(model_type)
+    length = sequence_length(model_type, inputs)
+    return tiny_model(model_type), inputs, [length - 1, length // 2, 10, 3]
+
+
 @pytest.mark.parametrize("mode", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_captured_rows_are_the_models_own_attention(model_type, mode):
-    model = tiny_model(model_type)
-    inputs = tiny_inputs(model_type)
-    length = sequence_length(model_type, inputs)
-    positions = [length - 1, length // 2, 3]
+    model, inputs, positions = tiny_case(model_type)
     rows, hidden = captured_rows(model, inputs, positions, mode)
     reference = own_forward(model, inputs, "eager")
     assert sorted(rows) == list(range(len(reference.attentions)))
@@ -62,10 +66,7 @@ def test_captured_rows_are_the_models_own_attention(model_type, mode):
 @pytest.mark.parametrize("mode", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_self_check_passes_with_rounding_level_capture_error(model_type, mode):
-    model = tiny_model(model_type)
-    inputs = tiny_inputs(model_type)
-    length = sequence_length(model_type, inputs)
-    positions = [length - 1, length - 2, 10, 3]
+    model, inputs, positions = tiny_case(model_type)
     rows, _ = captured_rows(model, inputs, positions, mode)
     causal = ml.attention_layout(model).direction == "causal"
     check_inputs = inputs["input_ids"] if causal else inputs

@@ -414,8 +414,9 @@ def load_model(spec: dict, dtype: str = "float32", device: str = "auto"):
     if source["kind"] == "gguf":
         gguf_model_type(gguf_header(source["path"])[0])
     config = _load_config(source, spec)
-    layout = config_attention_layout(config, bool(spec.get("trust_remote_code", False)))
-    kwargs = {"dtype": getattr(torch, dtype), "attn_implementation": "eager", "trust_remote_code": bool(spec.get("trust_remote_code", False))}
+    trust = bool(spec.get("trust_remote_code", False))
+    layout = config_attention_layout(config, trust)
+    kwargs = {"dtype": getattr(torch, dtype), "attn_implementation": "eager", "trust_remote_code": trust}
     info = {"dtype": dtype, "device": device, "architecture": config.model_type, "direction": layout.direction}
     where = _weights_location(source, spec, kwargs, info)
     tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
@@ -431,7 +432,8 @@ def _weights_location(source: dict, spec: dict, kwargs: dict, info: dict) -> str
     if source["kind"] == "dir":
         kwargs["use_safetensors"] = True
         weights = sorted(Path(source["path"]).glob("*.safetensors"))
-        info.update(model_id=spec.get("id") or source["path"], revision=spec.get("revision", ""), weight_checksum=file_checksum(weights))
+        info.update(model_id=spec.get("id") or source["path"], revision=spec.get("revision", ""),
+                    weight_checksum=file_checksum(weights))
         meta = Path(source["path"]) / "critscale_source.json"
         if meta.exists():
             info.update({f"converted_from_{k}": v for k, v in json.loads(meta.read_text()).items()})
