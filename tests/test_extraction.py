@@ -126,6 +126,7 @@ def test_sliding_window_rows_beyond_the_window_have_fewer_keys(tmp_path, tokeniz
     assert (n_keys[sliding, -1] < 64).all()  # rows at n = 64 beyond the window of 16
 
 
+@pytest.mark.slow
 def test_real_minilm_from_wheel_is_exact(tmp_path, hamlet):
     spec = DEFAULT_CONFIG["models"]["minilm_l6"]
     ml.validate_model_spec(spec, 128)
