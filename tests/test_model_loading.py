@@ -43,6 +43,7 @@ def test_registry_routed_model_types_are_accepted_without_weights(model_type):
     ("deberta", "bypassing the attention registry"),    # disentangled relative attention
     ("gpt_oss", r"adds \['s_aux'\] to the softmax"),     # attention sinks in the denominator
     ("t5", "encoder-decoder"),
+    ("clip", "attention modules for .* layers"),  # a text and a vision tower
 ])
 def test_models_that_cannot_be_captured_are_refused_by_name(model_type, reason):
     from transformers import AutoConfig

@@ -69,11 +69,8 @@ def _repeat_kv(states, groups: int):
 
 
 def _model_eager(module):
-    """The eager attention function of the module's own modeling file."""
-    function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if function is None:
-        raise UnsupportedArchitectureError(f"{type(module).__name__}'s modeling file has no eager_attention_forward to check against")
-    return function
+    """The eager attention function of the module's own modeling file (checked by attention_layout)."""
+    return sys.modules[type(module).__module__].eager_attention_forward
 
 
 def critscale_attention_forward(module, query, key, value, attention_mask, **kwargs):

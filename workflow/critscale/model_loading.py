@@ -26,6 +26,7 @@ import json
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,11 +320,13 @@ def attention_layout(model) -> AttentionLayout:
             extra = [arg for arg in EXTRA_LOGIT_ARGUMENTS if re.search(rf"\b{arg}\s*=", source)]
             if extra:
                 refuse(f"{name} ({type(module).__name__}) adds {extra} to the softmax besides the query-key logits")
+            if not hasattr(sys.modules[type(module).__module__], "eager_attention_forward"):
+                refuse(f"{name} ({type(module).__name__}): its modeling file has no eager_attention_forward to check against")
             routed.append((name, module))
     if not routed:
         refuse("no attention module dispatches through transformers' ALL_ATTENTION_FUNCTIONS registry")
     layers = getattr(config, "num_hidden_layers", None)
-    if layers is not None and len(routed) != layers:
+    if len(routed) != layers:
         refuse(f"{len(routed)} attention modules for {layers} layers (cross-attention or several towers)")
     causal = {bool(getattr(module, "is_causal", False)) for _, module in routed}
     if len(causal) > 1:
