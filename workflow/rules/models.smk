@@ -4,12 +4,20 @@ from critscale import model_loading
 
 def is_gguf(model):
     spec = config["models"][model]
-    return "gguf_file" in spec or spec.get("path", "").endswith(".gguf") or model_loading.needs_assembly(spec)
+    return (
+        "gguf_file" in spec
+        or spec.get("path", "").endswith(".gguf")
+        or model_loading.needs_assembly(spec)
+    )
 
 
 def assembled_gguf(model):
     """The GGUF assembled from a chunk package, or nothing for any other model entry."""
-    return [result("models", f"{model}.gguf")] if model_loading.needs_assembly(config["models"][model]) else []
+    return (
+        [result("models", f"{model}.gguf")]
+        if model_loading.needs_assembly(config["models"][model])
+        else []
+    )
 
 
 def gguf_spec(model):
@@ -36,12 +44,12 @@ def converted_model(wildcards):
 rule assemble_gguf:
     output:
         result("models", "{model}.gguf"),
-    params:
-        package=lambda wildcards: config["models"][wildcards.model]["package"],
     log:
         result("logs", "assemble_gguf", "{model}.log"),
     benchmark:
         result("benchmarks", "assemble_gguf", "{model}.tsv")
+    params:
+        package=lambda wildcards: config["models"][wildcards.model]["package"],
     script:
         "../scripts/assemble_gguf.py"
 
@@ -51,8 +59,6 @@ rule convert_gguf:
         lambda wildcards: assembled_gguf(wildcards.model),
     output:
         directory(result("models", "{model}")),
-    params:
-        spec=lambda wildcards: gguf_spec(wildcards.model),
     log:
         result("logs", "convert_gguf", "{model}.log"),
     benchmark:
@@ -60,6 +66,8 @@ rule convert_gguf:
     threads: 2
     resources:
         mem_mb=6000,
+    params:
+        spec=lambda wildcards: gguf_spec(wildcards.model),
     script:
         "../scripts/convert_gguf.py"
 
@@ -69,12 +77,6 @@ rule model_scores:
         converted_model,
     output:
         directory(result("scores", "{model_source}.zarr")),
-    params:
-        run=lambda wildcards: canonical(MODEL_RUNS[wildcards.model_source]),
-        model=lambda wildcards: model_spec(MODEL_RUNS[wildcards.model_source]["model"]),
-        corpus=lambda wildcards: canonical(config["corpora"][MODEL_RUNS[wildcards.model_source]["corpus"]]),
-        extraction=canonical(config.get("extraction", {})),
-        seed=config["seed"],
     log:
         result("logs", "model_scores", "{model_source}.log"),
     benchmark:
@@ -82,5 +84,13 @@ rule model_scores:
     threads: 2
     resources:
         mem_mb=8000,
+    params:
+        run=lambda wildcards: canonical(MODEL_RUNS[wildcards.model_source]),
+        model=lambda wildcards: model_spec(MODEL_RUNS[wildcards.model_source]["model"]),
+        corpus=lambda wildcards: canonical(
+            config["corpora"][MODEL_RUNS[wildcards.model_source]["corpus"]]
+        ),
+        extraction=canonical(config.get("extraction", {})),
+        seed=config["seed"],
     script:
         "../scripts/model_scores.py"
