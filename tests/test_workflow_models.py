@@ -39,7 +39,7 @@ def config_with(tmp_path, name, models, studies):
     config = yaml.safe_load(TINY.read_text())
     default = yaml.safe_load((TINY.parents[2] / "config.yaml").read_text())
     config["corpora"] = default["corpora"]
-    config["extraction"] = {"sequences": 2, "queries": 2, "attention_output": "eager", "self_check_max_n": 128}
+    config["extraction"] = {"sequences": 2, "queries": 2, "attention_output": "eager"}
     config["models"] = models
     config["studies"] = studies
     path = tmp_path / name

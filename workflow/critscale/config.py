@@ -98,18 +98,18 @@ def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:
 
 def validate_model_sources(config: dict) -> None:
     """Check every model and corpus a study uses, fast (no weights loaded, no forward pass): a
-    missing path, an unreachable hub id, an unsupported architecture, a ladder beyond the model's
+    missing path, an unreachable hub id, a model whose attention cannot be captured, a ladder beyond the model's
     positions or an unusable corpus raise :class:`ConfigError` naming the key."""
     runs = model_sources(config)
     if not runs:
         return
-    from . import corpora, extraction  # torch and transformers load only when models are used
+    from . import corpora, model_loading  # torch and transformers load only when models are used
 
     for name in sorted({run["model"] for run in runs.values()}):
         spec = config["models"][name]
         try:
-            extraction.validate_model_spec(spec, max(ladder(spec["ladder"], f"models.{name}.ladder")))
-        except extraction.ModelSpecError as error:
+            model_loading.validate_model_spec(spec, max(ladder(spec["ladder"], f"models.{name}.ladder")))
+        except model_loading.ModelSpecError as error:
             raise ConfigError(f"config key models.{name}: {error}") from None
     for name in sorted({run["corpus"] for run in runs.values()}):
         try:

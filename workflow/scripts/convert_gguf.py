@@ -1,7 +1,7 @@
-"""Convert a GGUF model once into a safetensors directory (thin wrapper over critscale.extraction)."""
+"""Convert a GGUF model once into a safetensors directory (thin wrapper over critscale.model_loading)."""
 
-from critscale import extraction, runlog
+from critscale import model_loading, runlog
 
 runlog.to_file(snakemake.log[0])
-source = extraction.resolve_model_source(snakemake.params.spec)
-extraction.convert_gguf(source["path"], snakemake.output[0])
+source = model_loading.resolve_model_source(snakemake.params.spec)
+model_loading.convert_gguf(source["path"], snakemake.output[0])
