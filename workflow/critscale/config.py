@@ -200,13 +200,15 @@ def _family_stores(config: dict, per_row: int) -> list[StoreEstimate]:
 def model_units(config: dict, model: str) -> int:
     """Layers x heads a model source extracts: the ``extraction`` lists, else the whole model
     (read from the model's config; no weights loaded)."""
-    from . import extraction
+    from . import model_loading  # torch and transformers load only when models are used
 
     chosen = config.get("extraction", {})
     layers, heads = chosen.get("layers"), chosen.get("heads")
     if layers is None or heads is None:
         spec = config["models"][model]
-        source = extraction.resolve_model_source(spec)
+        source = model_loading.resolve_model_source(spec)
+        if source["kind"] == "gguf_chunks":  # the first chunk holds the header
+            source = {"kind": "gguf", "path": source["chunks"][0]}
         n_layers, n_heads = _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
         layers = range(n_layers) if layers is None else layers
         heads = range(n_heads) if heads is None else heads
@@ -223,9 +225,9 @@ def _gguf_shape(path: str) -> tuple[int, int]:
 
 
 def _config_shape(source: dict, spec: dict) -> tuple[int, int]:
-    from . import extraction
+    from . import model_loading
 
-    model_config = extraction._load_config(source, spec)
+    model_config = model_loading._load_config(source, spec)
     model_config = getattr(model_config, "text_config", model_config)
     return int(model_config.num_hidden_layers), int(model_config.num_attention_heads)
 
