@@ -25,7 +25,7 @@ COMPARISON_COLUMNS = (
 EXACT_RTOL = 1e-9
 #: Per-row variables the theorem checks read; a store without one of them cannot be checked.
 CHECKED_VARIABLES = (
-    "n_keys", "accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "gap_count",
+    "n_keys", "ties", "accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "gap_count",
     "resolved_scale",
 ) + tuple(f"{name}{suffix}" for suffix in ("", "_rel") for name in ("free_energy", "laplace_envelope", "top_two_gap"))
 #: Elements of one ``(unit, n, row, grid)`` work array: units are checked in blocks of this size,
@@ -104,6 +104,12 @@ def _row_checks(block):
         checks["resolved_at_zero"] = (block["resolved_scale"].values[..., zero], scale, np.isfinite(scale), True, None)
     t = block["t"].values
     counts = block["gap_count"].values.astype(np.float64)
+    ties = block["ties"].values.astype(np.float64)
+    has_keys = (n_keys >= 1) & ~np.isnan(scale)
+    # Lambda = inf exactly when the maximum is tied, N(0) >= 2 (theory: ties at the maximum)
+    checks["tied_iff_infinite"] = (np.isposinf(scale) * 1.0, (ties >= 2) * 1.0, has_keys, True, None)
+    if (t == 0).any():
+        checks["ties_are_count_at_zero"] = (ties, counts[..., int(np.flatnonzero(t == 0)[0])], has_keys, True, None)
     with np.errstate(divide="ignore"):
         log_count = np.log(counts)
     checks["count_bound"] = (log_count, scale[..., None] * t, finite[..., None] & (t > 0) & (counts >= 1), False, t)
@@ -169,7 +175,9 @@ def theorem_violations(stats, rtol: float = 1e-9, block_elements: int = BLOCK_EL
 
     * ``contact_identity`` ``C = Lambda D_Lambda``; ``contact_exponent_identity``
       ``C = alpha log n``; ``resolved_at_zero`` ``Lambda^(0) = Lambda`` (if ``r = 0`` is stored);
-    * ``count_bound`` ``log N(t) <= Lambda t`` on the ``t`` grid.
+    * ``count_bound`` ``log N(t) <= Lambda t`` on the ``t`` grid;
+    * ``tied_iff_infinite`` ``Lambda = inf`` exactly when ``ties >= 2``; ``ties_are_count_at_zero``
+      ``ties = N(0)`` (if ``t = 0`` is stored).
 
     Rows with ties (``Lambda = inf``) skip the ``Lambda`` inequalities; NaN entries (empty rows,
     undefined relative responses) are skipped, not counted.  ``rtol`` absorbs float64 rounding
