@@ -319,3 +319,13 @@ def test_xi_shifted_by_0_15_fails_on_exact_families(mutation_stores, name):
     given = theory_check.compare_with_theory(stats, fits)
     with pytest.raises(theory_check.TheoryCheckError, match=f"family '{MUTATION_SPECS[name]['family']}'.*check 'xi'"):
         theory_check.raise_on_failure(given, theory_check.theorem_violations(stats))
+
+
+def test_violations_do_not_depend_on_the_unit_blocks(clean_stats):
+    corrupted = clean_stats.copy(deep=True)
+    corrupted["accumulation_scale"][dict(unit=0, n=1, row=3)] *= 1.3
+    corrupted["accumulation_scale"][dict(unit=2, n=0, row=5)] *= 0.5
+    one_unit_blocks = theory_check.theorem_violations(corrupted, block_elements=1)
+    whole = theory_check.theorem_violations(corrupted, block_elements=10**9)
+    assert set(one_unit_blocks.unit) == {"u0", "u2"}
+    pd.testing.assert_frame_equal(one_unit_blocks, whole)

@@ -198,7 +198,9 @@ def theorem_violations(stats, rtol: float = 1e-9, block_elements: int = BLOCK_EL
         frames += _block_violations(block, rtol)
     if not frames:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in VIOLATION_COLUMNS})
-    return pd.concat(frames, ignore_index=True).assign(source=source)[list(VIOLATION_COLUMNS)]
+    found = pd.concat(frames, ignore_index=True).assign(source=source)[list(VIOLATION_COLUMNS)]
+    # one order whatever the blocks: by unit, n, row, check and grid point
+    return found.sort_values(["unit", "n", "row", "inequality", "at"], kind="stable", ignore_index=True)
 
 
 def _ols(x, y):
