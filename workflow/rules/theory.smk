@@ -6,7 +6,9 @@ rule theory_check:
     input:
         stats=expand(result("stats", "{family}.zarr"), family=FAMILIES),
         fits=expand(result("fits", "{family}.csv"), family=FAMILIES),
-        model_stats=expand(result("stats", "{model_source}.zarr"), model_source=MODEL_RUNS),
+        model_stats=expand(
+            result("stats", "{model_source}.zarr"), model_source=MODEL_RUNS
+        ),
     output:
         comparison=result("tables", "theory_check.csv"),
         violations=result("tables", "theorem_violations.csv"),
