@@ -1,4 +1,4 @@
-"""Synthetic score families with known answers (``shared/theory.md``, "Score families").
+"""Synthetic score families with known answers (``docs/theory.md``, "Synthetic families").
 
 Each family is a class in :data:`FAMILIES` with validated parameters, ``sample(n, rng)`` and, for
 i.i.d. families, the inverse survival function ``isf(u)`` (accurate down to ``u = 2**-200``),
@@ -12,9 +12,8 @@ Two samplings:
   ``k = 1..m``, identical for every row.  ``shrinking_gaps`` keeps its explicit maximum ``0`` and
   takes quantile values for its ``m = n - 1`` other scores.
 
-Finite-``n`` predictions of per-row ``Lambda_n`` (theory.md, "Finite n is far from the
-asymptote") come from the family's law, not from the asymptote: see
-:func:`predict_accumulation_scale`.
+Finite-``n`` predictions of per-row ``Lambda_n`` (``docs/theory.md``, section 3) come from the
+family's law, not from the asymptote: see :func:`predict_accumulation_scale`.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ class ScoreFamily:
         raise ValueError(f"family {self.name!r} is not i.i.d.: it has no marginal isf")
 
     def asymptotic_accumulation_scale(self, n):
-        """Leading-order ``Lambda_n`` of theory.md's table (NaN where it gives none)."""
+        """Leading-order ``Lambda_n`` of the table in ``docs/theory.md`` (NaN where it gives none)."""
         return np.full(np.shape(n), np.nan)
 
     def quantile_row(self, n: int) -> np.ndarray:
@@ -242,7 +241,7 @@ class Sphere(ScoreFamily):
 
     def asymptotic_accumulation_scale(self, n):
         # N(u) ~ 1 + n C u^a near the top with C = (2|q|)^-a / (a B(a, a)); Lambda is of the order
-        # of the inverse gap scale (n C)^(1/a).  theory.md gives only the power n^(2/(d-1)).
+        # of the inverse gap scale (n C)^(1/a).  docs/theory.md gives only the power n^(2/(d-1)).
         a = self._shape
         scale = np.asarray(n, dtype=np.float64) / (a * special.beta(a, a))
         return scale ** (1.0 / a) / (2.0 * self.params["query_norm"])
@@ -420,7 +419,7 @@ def _random_row_scales(fam: ScoreFamily, n: int, draws: int, rng: np.random.Gene
     within the bin), the number of drawn points roughly doubling per round, until the largest
     term drawn is at least every remaining bound: then it is the row's exact ``Lambda``.
 
-    This is the top-K simulation of theory.md (same exact joint law of the order statistics) with
+    This is the top-K simulation of ``docs/theory.md`` (same exact joint law of the order statistics) with
     the certificate ``log n / D_(K)`` sharpened by the bin counts, and with points drawn where
     the sup can still be -- for exponential scores that is often the bottom of the row.
     """

@@ -1,7 +1,7 @@
 """Published ``beta_n`` prescriptions confronted with measured accumulation scales (issue 4).
 
 Each rule gives the factor that multiplies the logits at context length ``n``
-(``shared/theory.md``, "Prescriptions in use").  A head stays at a constant distance from
+(``docs/theory.md``, "Published prescriptions").  A head stays at a constant distance from
 criticality when ``beta_rule(n) / Lambda_n`` is constant along the ladder, so a rule is scored per
 head by its *drift*: the standard deviation across the ladder of ``log(beta_rule(n) / median
 Lambda_n)``.  The drift does not depend on a rule's overall scale, only on its shape in ``n``.

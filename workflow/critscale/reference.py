@@ -1,6 +1,6 @@
 """Plain, obviously correct per-row reference for :mod:`critscale.gapstats`.
 
-One row at a time: the definitions of ``shared/theory.md`` written out literally (``N(t)`` by
+One row at a time: the definitions of ``docs/theory.md`` written out literally (``N(t)`` by
 counting, the sup over every gap, a direct softmax at every beta).  Tests compare the fast path
 against it and the benchmark measures the fast path against it.
 """
