@@ -177,17 +177,17 @@ def test_extract_to_store_layout_and_rows(tmp_path, tokenizer, hamlet, arch):
                 assert torch.isnan(got[..., n - q:]).all()  # keys after the query are masked
 
 
-def test_exclude_first_keys_and_selection(tmp_path, tokenizer, hamlet):
+def test_selection_writes_all_keys(tmp_path, tokenizer, hamlet):
     model = tiny_model("llama")
     out = tmp_path / "s.zarr"
-    ex.extract_to_store({}, {}, out, [16, 32], 2, exclude_first_keys=3, layers=[1, 2], heads=[0, 3],
+    ex.extract_to_store({}, {}, out, [16, 32], 2, layers=[1, 2], heads=[0, 3],
                         loaded=(model, tokenizer, {}), texts=hamlet, log=None)
     ds = open_store(out)
     assert list(ds.unit.values) == ["L1H0", "L1H3", "L2H0", "L2H3"]
     scores = ds.scores.values
-    assert np.isnan(scores[..., :3]).all()
-    assert np.isfinite(scores[:, 0, :, 3:16]).all() and np.isfinite(scores[:, 1, :, 3:32]).all()
-    assert ds.attrs["exclude_first_keys"] == 3
+    assert np.isfinite(scores[:, 0, :, :16]).all() and np.isfinite(scores[:, 1, :, :32]).all()
+    assert "exclude_first_keys" not in ds.attrs and "exclude_first_keys" not in ds.attrs["provenance"]
+    assert ds.attrs["source"].count("__") == 1  # {model}__{corpus}: no sink variant in extraction
 
 
 def test_self_check_catches_inexact_capture(tmp_path, tokenizer, hamlet, monkeypatch):

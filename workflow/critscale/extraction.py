@@ -38,6 +38,7 @@ attention modules, one layer at a time); a max abs difference above ``1e-5`` (fl
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -48,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import model_source_name
-from .storage import create_scores_store, file_checksum, provenance, write_scores
+from .score_writer import RowChunkWriter, choose_row_chunk
+from .storage import create_scores_store, file_checksum, provenance
 
 ATTN_NAME = "critscale"
 
@@ -459,59 +461,50 @@ class _Capture:
 # --------------------------------------------------------------------------------------------
 
 
-class _StoreWriter:
-    """Buffers captured rows per forward pass and streams them to the store."""
+class _StopForward(Exception):
+    """Raised after the last captured layer: the rest of the forward pass is not needed."""
 
-    def __init__(self, path, layer_units: dict, n_heads_sel: int, n_ladder, queries, exclude_first_keys, budget_bytes):
-        self.path = path
-        self.layer_units = layer_units  # layer -> first unit index
-        self.h = n_heads_sel
-        self.n_ladder = list(n_ladder)
-        self.q = queries
-        self.k = exclude_first_keys
-        self.budget = budget_bytes
-        self.buffer = []  # (layer, rows ndarray (B, H, P, K), n_indices, row0)
-        self.nbytes = 0
-        self.writes = 0
-        self.seconds = 0.0
 
-    def add(self, layer, rows: np.ndarray, n_indices, row0: int):
-        if self.buffer and self.nbytes + rows.nbytes > self.budget:
-            self.flush()
-        self.buffer.append((layer, rows, list(n_indices), row0))
-        self.nbytes += rows.nbytes
+def _decoder_layers(model):
+    """The model's stack of transformer blocks (the ModuleList holding one module per hidden layer),
+    or None when there is no such list."""
+    from torch import nn
 
-    def flush(self):
-        t0 = time.perf_counter()
-        self._flush()
-        self.seconds += time.perf_counter() - t0
+    n_layers = int(model.config.num_hidden_layers)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
 
-    def _flush(self):
-        # one dense block per n covering the buffered units and rows: one write per n
-        if not self.buffer:
-            return
-        by_n = {}
-        for layer, rows, n_indices, row0 in self.buffer:
-            for j, n_index in enumerate(n_indices):
-                by_n.setdefault(n_index, []).append((layer, rows[:, :, j * self.q:(j + 1) * self.q], row0))
-        for n_index, pieces in sorted(by_n.items()):
-            n = self.n_ladder[n_index]
-            u0 = min(self.layer_units[layer] for layer, _, _ in pieces)
-            u1 = max(self.layer_units[layer] for layer, _, _ in pieces) + self.h
-            r0 = min(row0 for _, _, row0 in pieces)
-            r1 = max(row0 + rows.shape[0] * self.q for _, rows, row0 in pieces)
-            block = np.full((u1 - u0, r1 - r0, n), np.nan, dtype=np.float32)
-            for layer, rows, row0 in pieces:  # rows: (B, H, q, K)
-                batch = rows.shape[0]
-                u = self.layer_units[layer] - u0
-                values = rows[..., :n].transpose(1, 0, 2, 3).reshape(self.h, batch * self.q, -1)
-                block[u:u + self.h, row0 - r0:row0 - r0 + batch * self.q, : values.shape[-1]] = values
-            if self.k:
-                block[..., : self.k] = np.nan
-            write_scores(self.path, block, unit=slice(u0, u1), n_index=n_index, rows=slice(r0, r1))
-            self.writes += 1
-        self.buffer.clear()
-        self.nbytes = 0
+
+@contextmanager
+def _forward_stops_after(model, layer: int):
+    """Within the block a forward pass of ``model`` raises :class:`_StopForward` once block ``layer``
+    has run (nothing after it, final norm included, is computed); without a block list it runs whole."""
+    blocks = _decoder_layers(model)
+    if blocks is None:
+        yield
+        return
+
+    def stop(module, args, output):
+        raise _StopForward
+
+    handle = blocks[layer].register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _run_forward(model, input_ids, last_layer: int) -> None:
+    """Forward ``input_ids`` through blocks ``0..last_layer`` only (no cache, no LM head)."""
+    # a cache would keep every layer's keys and values alive for nothing
+    no_cache = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    with _forward_stops_after(model, last_layer):
+        try:
+            model(input_ids=input_ids, **no_cache)
+        except _StopForward:
+            pass
 
 
 def _softmax_rows(rows):
@@ -557,6 +550,27 @@ def self_check(model, input_ids, capture_positions, captured: dict, heads, direc
     return worst["diff"]
 
 
+def _put_rows(writer: RowChunkWriter, rows: np.ndarray, unit0: int, n_indices, row0: int, queries: int) -> None:
+    """Hand the writer one layer's captured rows ``(B, H, len(n_indices) * queries, K)`` of one
+    forward, as ``(H, B * queries, n)`` per ``n`` (rows ordered window-major, then query)."""
+    batch, heads = rows.shape[:2]
+    for j, n_index in enumerate(n_indices):
+        n = writer.n_ladder[n_index]
+        values = rows[:, :, j * queries:(j + 1) * queries, :n].transpose(1, 0, 2, 3).reshape(heads, batch * queries, -1)
+        writer.put(values, unit0=unit0, n_index=n_index, row0=row0)
+
+
+def _progress(windows: int, tokens_per_window: int, *, enabled: bool):
+    """tqdm progress in tokens (rate and time left) with windows done as postfix, on stderr (a
+    Snakemake rule's log, see :mod:`critscale.runlog`), refreshed at most every 10 s."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=windows * tokens_per_window, unit="tok", unit_scale=True, desc="extraction", file=sys.stderr,
+                mininterval=10.0, ascii=True, disable=not enabled, postfix=f"windows 0/{windows}")
+
+
 def extract_to_store(
     model_spec: dict,
     corpus_spec: dict,
@@ -564,7 +578,6 @@ def extract_to_store(
     n_ladder,
     sequences: int,
     queries: int = 1,
-    exclude_first_keys: int = 0,
     layers=None,
     heads=None,
     seed: int = 0,
@@ -580,13 +593,20 @@ def extract_to_store(
     loaded=None,
     texts=None,
     log=print,
+    progress: bool = True,
+    write_buffer_bytes: int = 256 * 2**20,
 ) -> dict:
     """Extract the rows of ``sequences`` windows of the corpus into a canonical score store.
 
     Units are ``L{layer}H{head}`` (coords ``layer``, ``head``); rows are ``sequence x query``
     (coords ``sequence``, ``query``, and ``window``: the window index in the corpus stream).
     ``loaded=(model, tokenizer, info)`` and ``texts=(texts, corpus_info)`` reuse what is already
-    in memory (tests, benchmarks).  Returns a summary dict (timings, self-check difference).
+    in memory (tests, benchmarks).  Every key is written (masking attention sinks is a choice of
+    the statistics stage).  Captured rows of one store row chunk (at most ``write_buffer_bytes``,
+    and never less than one forward's rows) are buffered and written once, by a background thread
+    while the next forward runs; the forward stops after the last captured layer.  ``progress``
+    shows windows done, tokens per second and the time left (tqdm, on stderr: the rule's log).
+    Returns a summary dict (timings, self-check difference).
     """
     import torch
 
@@ -598,11 +618,11 @@ def extract_to_store(
     n_ladder = sorted(int(n) for n in n_ladder)
     if len(set(n_ladder)) != len(n_ladder) or n_ladder[0] < 1:
         raise ValueError(f"n_ladder must hold distinct positive lengths, got {n_ladder}")
-    queries, k_excl, sequences = int(queries), int(exclude_first_keys), int(sequences)
+    queries, sequences, batch_size = int(queries), int(sequences), int(batch_size)
     if queries < 1 or queries > n_ladder[0]:
         raise ValueError(f"queries must be in 1..{n_ladder[0]} (the shortest n), got {queries}")
-    if k_excl < 0 or k_excl >= n_ladder[0] - queries + 1:
-        raise ValueError(f"exclude_first_keys={k_excl} would leave a row of the shortest n without keys")
+    if sequences < 1 or batch_size < 1:
+        raise ValueError(f"sequences ({sequences}) and batch_size ({batch_size}) must be positive")
     if attention_output not in ("eager", "sdpa"):
         raise ValueError("attention_output must be 'eager' or 'sdpa'")
     if loaded is None:
@@ -636,9 +656,7 @@ def extract_to_store(
     register_attention()
     tol = SELF_CHECK_TOL.get(dtype, 1e-5) if self_check_tol is None else float(self_check_tol)
     attrs = {
-        "source": model_source_name(
-            model_name or str(info.get("model_id")), corpus_name or corpus_info["source"], k_excl
-        ),
+        "source": model_source_name(model_name or str(info.get("model_id")), corpus_name or corpus_info["source"]),
         "kind": "model",
         "model": model_name or str(info.get("model_id")),
         "model_id": str(info.get("model_id")),
@@ -655,14 +673,13 @@ def extract_to_store(
         "corpus_files": list(corpus_info.get("files", [])),
         "corpus_checksum": corpus_info["checksum"],
         "queries": queries,
-        "exclude_first_keys": k_excl,
         "seed": int(seed),
         "attention_output": attention_output,
         "self_check_tol": tol,
     }
     extraction_config = {
         "model": model_spec, "corpus": corpus_spec, "n_ladder": n_ladder, "sequences": sequences,
-        "queries": queries, "exclude_first_keys": k_excl, "layers": layers, "heads": heads, "seed": seed,
+        "queries": queries, "layers": layers, "heads": heads, "seed": seed,
         "dtype": dtype, "batch_size": batch_size, "attention_output": attention_output,
         "self_check_max_n": self_check_max_n,
     }
@@ -675,9 +692,8 @@ def extract_to_store(
         unit_coords={"layer": np.repeat(layer_list, len(head_list)), "head": np.tile(head_list, len(layer_list))},
         row_coords={"window": np.repeat(np.asarray(window_info["window_index"]), queries)},
         attrs=attrs, dtype="float32",
+        row_chunk=choose_row_chunk(len(row_sequence), batch_size * queries, len(units), n_ladder, write_buffer_bytes),
     )
-    one_layer = batch_size * n_heads * n_ladder[-1] ** 2 * 4
-    writer = _StoreWriter(out_path, layer_units, len(head_list), n_ladder, queries, k_excl, budget_bytes=one_layer)
 
     # forward plans: (input_length, positions, n_indices)
     offsets = np.arange(queries)
@@ -688,7 +704,13 @@ def extract_to_store(
 
     check_diff = None
     t_forward = t_check = 0.0
-    with attention_implementation(model, ATTN_NAME), torch.inference_mode():
+    t_loop = time.perf_counter()
+    with (
+        _progress(sequences, sum(length for length, _, _ in plans), enabled=progress) as bar,
+        RowChunkWriter(out_path) as writer,
+        attention_implementation(model, ATTN_NAME),
+        torch.inference_mode(),
+    ):
         for b0 in range(0, sequences, batch_size):
             batch = windows[b0:b0 + batch_size]
             for length, positions, n_indices in plans:
@@ -698,13 +720,13 @@ def extract_to_store(
                 def sink(layer, rows, _n=n_indices, _row0=b0 * queries, _kept=kept, _check=check):
                     if _check:
                         _kept[layer] = rows
-                    writer.add(layer, rows.cpu().numpy(), _n, _row0)
+                    _put_rows(writer, rows.cpu().numpy(), layer_units[layer], _n, _row0, queries)
 
                 capture = _Capture(positions, layer_list, None if heads is None else head_list, n_layers, attention_output, sink)
                 _ACTIVE.append(capture)
                 t0 = time.perf_counter()
                 try:
-                    model(input_ids=batch[:, :length])
+                    _run_forward(model, batch[:, :length], layer_list[-1])
                 finally:
                     _ACTIVE.pop()
                 t_forward += time.perf_counter() - t0
@@ -728,9 +750,9 @@ def extract_to_store(
                             f"softmax of captured rows differs from the model's eager attention by {diff:.3g} > {tol:g} "
                             f"(length {length}); the capture is not exact for {config.model_type}"
                         )
-                if direction == "bidirectional":
-                    writer.flush()
-        writer.flush()
+                bar.update(len(batch) * length)
+            bar.set_postfix_str(f"windows {min(b0 + batch_size, sequences)}/{sequences}", refresh=False)
+    t_loop = time.perf_counter() - t_loop
     # record the self-check in the store
     import zarr
 
@@ -742,8 +764,10 @@ def extract_to_store(
     summary = {
         "path": str(out_path), "units": len(units), "rows": len(row_sequence), "n_ladder": n_ladder,
         "self_check_max_abs_diff": check_diff, "forward_seconds": t_forward,
-        "self_check_seconds": t_check, "total_seconds": time.perf_counter() - t_start, "writes": writer.writes,
-        "write_seconds": writer.seconds,
+        "self_check_seconds": t_check, "total_seconds": time.perf_counter() - t_start,
+        # forwards, captures and writes (the writer thread's tail included), without the self-check
+        "extract_seconds": t_loop - t_check, "write_wait_seconds": writer.wait_seconds,
+        "blocks_written": writer.blocks_written,
     }
     if log:
         log(
