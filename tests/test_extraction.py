@@ -277,3 +277,45 @@ def test_real_smollm2_gguf_conversion_and_exactness(tmp_path, hamlet):
         summary = ex.extract_to_store(spec, {}, tmp_path / f"s_{mode}.zarr", [64, 128, 256], 1, queries=2, layers=[0, 15, 29],
                                       loaded=(model, tok, info), texts=hamlet, attention_output=mode, log=None)
         assert summary["self_check_max_abs_diff"] <= TOL
+
+
+def test_forward_stops_after_last_captured_layer_and_never_runs_the_head(tmp_path, tokenizer, hamlet):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    causal_lm = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="eager").eval()
+    base = causal_lm.model
+    ran = []
+    for name, module in [("layer2", base.layers[2]), ("norm", base.norm), ("head", causal_lm.lm_head)]:
+        # count only the capture forwards (the self-check runs the whole eager model on purpose)
+        module.register_forward_hook(lambda m, a, o, _name=name: ran.append(_name) if ex._ACTIVE else None)
+    common = dict(texts=hamlet, log=None, progress=False)
+    ex.extract_to_store({}, {}, tmp_path / "sub.zarr", [16, 32], 2, layers=[0, 1], loaded=(causal_lm, tokenizer, {}), **common)
+    assert ran == []  # neither block 2, nor the final norm, nor the LM head ran
+    ex.extract_to_store({}, {}, tmp_path / "all.zarr", [16, 32], 2, loaded=(causal_lm, tokenizer, {}), **common)
+    assert ran == ["layer2"] * 2  # one forward per window; it stops after the last block
+    sub, whole = open_store(tmp_path / "sub.zarr"), open_store(tmp_path / "all.zarr")
+    np.testing.assert_array_equal(sub.scores.values, whole.scores.sel(unit=sub.unit.values).values)
+
+
+def test_store_is_the_same_for_any_threads_and_after_a_killed_run(tmp_path, tokenizer, hamlet, capsys):
+    from critscale.storage import store_checksum
+
+    model = tiny_model("llama")
+    common = dict(loaded=(model, tokenizer, {}), texts=hamlet, log=None, batch_size=2, write_buffer_bytes=1)
+    threads = torch.get_num_threads()
+    try:
+        ex.extract_to_store({}, {}, tmp_path / "one.zarr", [16, 32, 64], 5, queries=2, threads=1, progress=True, **common)
+        ex.extract_to_store({}, {}, tmp_path / "two.zarr", [16, 32, 64], 5, queries=2, threads=2, progress=False, **common)
+    finally:
+        torch.set_num_threads(threads)
+    assert "windows 5/5" in capsys.readouterr().err  # tqdm progress on stderr
+    assert open_store(tmp_path / "one.zarr").scores.encoding["chunks"][2] == 4  # one forward: 2 windows x 2 queries
+    assert store_checksum(tmp_path / "one.zarr") == store_checksum(tmp_path / "two.zarr")
+    # a killed run leaves a partial store; the rerun rewrites it from scratch
+    killed = tmp_path / "killed.zarr"
+    ex.extract_to_store({}, {}, killed, [16, 32, 64], 5, queries=2, progress=False, **common)
+    chunk = sorted(p for p in (killed / "scores").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    chunk.write_bytes(b"garbage")
+    ex.extract_to_store({}, {}, killed, [16, 32, 64], 5, queries=2, progress=False, **common)
+    assert store_checksum(killed) == store_checksum(tmp_path / "one.zarr")
