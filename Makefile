@@ -9,7 +9,7 @@ RESULTS ?= results
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study test benchmark share dry-run clean-results
+.PHONY: study long test benchmark share dry-run clean-results
 
 $(STAMP): pyproject.toml workflow/envs/no-deps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml workflow/envs/no-deps.txt
 study: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) \
 		--report $(RESULTS)/report.html --report-after-run
+
+long: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/long.yaml --replace-workflow-config
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
