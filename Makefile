@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_PIN = $(shell grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)
 
-.PHONY: study test chromium benchmark share verify dry-run lock clean-results
+.PHONY: study long test chromium benchmark share verify dry-run lock readme-figures clean-results
 
 $(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ study: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) \
 		--report $(RESULTS)/report.html --report-after-run
 
+# The long-context study (config/long.yaml): SmolLM2 up to n = 8192 on one corpus.
+long: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/long.yaml --replace-workflow-config
+
 test: chromium $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -77,3 +81,7 @@ dry-run: $(STAMP)
 clean-results:
 	rm -rf $(RESULTS)/* .snakemake
 	touch $(RESULTS)/.gitkeep
+
+# Small PNGs of key figures of a finished study, for the README (docs/figures/).
+readme-figures: $(STAMP)
+	$(BIN)/python -m critscale.readme_figures --results $(RESULTS) --out docs/figures

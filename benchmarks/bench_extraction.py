@@ -27,6 +27,7 @@ import psutil
 import torch
 
 from critscale import extraction as ex
+from critscale.score_writer import RowChunkWriter
 from critscale.storage import create_scores_store
 
 
@@ -77,13 +78,14 @@ def run_mode(model, ids, ladder, queries, attention_output, repeat, layers, mode
     times, peak = [], 0.0
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         store = os.path.join(tmp, "s.zarr")
-        create_scores_store(store, units=units, n_ladder=ladder, sequence=np.repeat(np.arange(ids.shape[0]), queries))
         model(input_ids=ids[:, :64])  # warm-up
         for _ in range(repeat):
-            writer = ex._StoreWriter(store, {l: i * n_heads for i, l in enumerate(layer_list)}, n_heads, ladder,
-                                     queries, 0, budget_bytes=ids.shape[0] * n_heads * ladder[-1] ** 2 * 4)
+            create_scores_store(store, units=units, n_ladder=ladder, sequence=np.repeat(np.arange(ids.shape[0]), queries),
+                                row_chunk=ids.shape[0] * queries)
+            writer = RowChunkWriter(store)
             capture = ex._Capture(positions, layer_list, None, n_layers, attention_output,
-                                  lambda l, r: writer.add(l, r.numpy(), list(range(len(ladder))), 0))
+                                  lambda l, r: ex._put_rows(writer, r.numpy(), layer_list.index(l) * n_heads,
+                                                            list(range(len(ladder))), 0, queries))
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
                 if mode == "plain":
@@ -92,10 +94,10 @@ def run_mode(model, ids, ladder, queries, attention_output, repeat, layers, mode
                     ex._ACTIVE.append(capture)
                     try:
                         with ex.attention_implementation(model, ex.ATTN_NAME):
-                            model(input_ids=ids)
+                            ex._run_forward(model, ids, layer_list[-1])
                     finally:
                         ex._ACTIVE.pop()
-                    writer.flush()
+                    writer.close()
                 times.append(time.perf_counter() - t0)
             peak = max(peak, mem.mib)
     return min(times), peak

@@ -16,7 +16,7 @@ import yaml
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import tiny_model  # noqa: E402
+from tiny_models import tiny_config, tiny_model  # noqa: E402
 
 from critscale import capture as cap  # noqa: E402
 from critscale import corpora, model_loading as ml  # noqa: E402
@@ -84,17 +84,17 @@ def test_extract_to_store_layout_and_rows(tmp_path, tokenizer, hamlet, arch):
                 assert torch.isnan(got[..., n - q:]).all()  # keys after the query are masked
 
 
-def test_exclude_first_keys_and_selection(tmp_path, tokenizer, hamlet):
+def test_selection_writes_all_keys(tmp_path, tokenizer, hamlet):
     model = tiny_model("llama")
     out = tmp_path / "s.zarr"
-    ex.extract_to_store({}, {}, out, [16, 32], 2, exclude_first_keys=3, layers=[1], heads=[0, 3],
+    ex.extract_to_store({}, {}, out, [16, 32], 2, layers=[1], heads=[0, 3],
                         loaded=(model, tokenizer, {}), texts=hamlet, log=None)
     ds = open_store(out)
     assert list(ds.unit.values) == ["L1H0", "L1H3"]
     scores = ds.scores.values
-    assert np.isnan(scores[..., :3]).all()
-    assert np.isfinite(scores[:, 0, :, 3:16]).all() and np.isfinite(scores[:, 1, :, 3:32]).all()
-    assert ds.attrs["exclude_first_keys"] == 3
+    assert np.isfinite(scores[:, 0, :, :16]).all() and np.isfinite(scores[:, 1, :, :32]).all()
+    assert "exclude_first_keys" not in ds.attrs and "exclude_first_keys" not in ds.attrs["provenance"]
+    assert ds.attrs["source"].count("__") == 1  # {model}__{corpus}: no sink variant in extraction
 
 
 def test_self_check_catches_inexact_capture(tmp_path, tokenizer, hamlet, monkeypatch):
@@ -177,3 +177,49 @@ def test_real_gemma3_from_chunk_packages_converts_loads_and_passes_the_self_chec
     assert summary["self_check"]["capture_error"] <= TOL and summary["self_check"]["drift_error"] <= cap.DRIFT_TOL["float32"]
     n_keys = np.isfinite(open_store(out).scores.values[:, -1, 0]).sum(-1)  # the row at n = 1024
     assert sorted(set(n_keys.tolist())) == [512, 1024]
+
+
+def test_forward_stops_after_last_captured_layer_and_never_runs_the_head(tmp_path, tokenizer, hamlet, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    causal_lm = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="eager").eval()
+    base = causal_lm.model
+    last = len(base.layers) - 1
+    # count only inside the capture forwards (the self-check runs the whole eager model on purpose)
+    inside, ran = [], []
+    run_forward = ex._run_forward
+    monkeypatch.setattr(ex, "_run_forward", lambda *args: (inside.append(1), run_forward(*args), inside.pop()))
+    for name, module in [("last_layer", base.layers[last]), ("norm", base.norm), ("head", causal_lm.lm_head)]:
+        module.register_forward_hook(lambda m, a, o, _name=name: ran.append(_name) if inside else None)
+    common = dict(texts=hamlet, log=None, progress=False)
+    ex.extract_to_store({}, {}, tmp_path / "sub.zarr", [16, 32], 2, layers=list(range(last)),
+                        loaded=(causal_lm, tokenizer, {}), **common)
+    assert ran == []  # neither the last block, nor the final norm, nor the LM head ran
+    ex.extract_to_store({}, {}, tmp_path / "all.zarr", [16, 32], 2, loaded=(causal_lm, tokenizer, {}), **common)
+    assert ran == ["last_layer"] * 2  # one forward per window; it stops after the last block
+    sub, whole = open_store(tmp_path / "sub.zarr"), open_store(tmp_path / "all.zarr")
+    np.testing.assert_array_equal(sub.scores.values, whole.scores.sel(unit=sub.unit.values).values)
+
+
+def test_store_is_the_same_for_any_threads_and_after_a_killed_run(tmp_path, tokenizer, hamlet, capsys):
+    from critscale.storage import store_checksum
+
+    model = tiny_model("llama")
+    common = dict(loaded=(model, tokenizer, {}), texts=hamlet, log=None, batch_size=2, write_buffer_bytes=1)
+    threads = torch.get_num_threads()
+    try:
+        ex.extract_to_store({}, {}, tmp_path / "one.zarr", [16, 32, 64], 5, queries=2, threads=1, progress=True, **common)
+        ex.extract_to_store({}, {}, tmp_path / "two.zarr", [16, 32, 64], 5, queries=2, threads=2, progress=False, **common)
+    finally:
+        torch.set_num_threads(threads)
+    assert "windows 5/5" in capsys.readouterr().err  # tqdm progress on stderr
+    assert open_store(tmp_path / "one.zarr").scores.encoding["chunks"][2] == 4  # one forward: 2 windows x 2 queries
+    assert store_checksum(tmp_path / "one.zarr") == store_checksum(tmp_path / "two.zarr")
+    # a killed run leaves a partial store; the rerun rewrites it from scratch
+    killed = tmp_path / "killed.zarr"
+    ex.extract_to_store({}, {}, killed, [16, 32, 64], 5, queries=2, progress=False, **common)
+    chunk = sorted(p for p in (killed / "scores").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    chunk.write_bytes(b"garbage")
+    ex.extract_to_store({}, {}, killed, [16, 32, 64], 5, queries=2, progress=False, **common)
+    assert store_checksum(killed) == store_checksum(tmp_path / "one.zarr")

@@ -14,9 +14,9 @@ row of a forward pass over the first ``n`` tokens.  For a bidirectional encoder 
 
 Memory
 ------
-At most one layer's logits at the longest ``n`` (plus its softmax) exist at a time; captured rows
-are buffered per forward pass and flushed to the Zarr store whenever the buffer would exceed the
-size of one layer's logits, so neither the number of layers nor of sequences grows memory.
+Only the captured query rows are computed (never an ``n x n`` matrix); they are buffered per store
+row chunk (:mod:`critscale.score_writer`, bounded by ``write_buffer_bytes``) and each chunk is
+written once by a background thread, so neither the number of layers nor of windows grows memory.
 
 Exactness
 ---------
@@ -27,70 +27,99 @@ error and the SDPA drift are recorded in the store.
 
 from __future__ import annotations
 
+import inspect
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
-from .capture import capturing, check_positions, layer_modules, self_check
+from .capture import capturing, check_positions, layer_modules, probe_layers, self_check
 from .config import model_source_name
 from .model_loading import ModelSpecError, attention_layout, load_model, max_positions, validate_model_spec
-from .storage import create_scores_store, provenance, write_scores
+from .score_writer import RowChunkWriter, choose_row_chunk
+from .storage import create_scores_store, provenance
 
 
 
-class _StoreWriter:
-    """Buffers captured rows per forward pass and streams them to the store."""
+class _StopForward(Exception):
+    """Raised after the last captured layer: the rest of the forward pass is not needed."""
 
-    def __init__(self, path, layer_units: dict, n_heads_sel: int, n_ladder, queries, exclude_first_keys, budget_bytes):
-        self.path = path
-        self.layer_units = layer_units  # layer -> first unit index
-        self.h = n_heads_sel
-        self.n_ladder = list(n_ladder)
-        self.q = queries
-        self.k = exclude_first_keys
-        self.budget = budget_bytes
-        self.buffer = []  # (layer, rows ndarray (B, H, P, K), n_indices, row0)
-        self.nbytes = 0
-        self.writes = 0
-        self.seconds = 0.0
 
-    def add(self, layer, rows: np.ndarray, n_indices, row0: int):
-        if self.buffer and self.nbytes + rows.nbytes > self.budget:
-            self.flush()
-        self.buffer.append((layer, rows, list(n_indices), row0))
-        self.nbytes += rows.nbytes
+def _decoder_layers(model):
+    """The model's stack of transformer blocks (the ModuleList holding one module per hidden layer),
+    or None when there is no such list."""
+    from torch import nn
 
-    def flush(self):
-        t0 = time.perf_counter()
-        self._flush()
-        self.seconds += time.perf_counter() - t0
+    n_layers = int(model.config.num_hidden_layers)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
 
-    def _flush(self):
-        # one dense block per n covering the buffered units and rows: one write per n
-        if not self.buffer:
-            return
-        by_n = {}
-        for layer, rows, n_indices, row0 in self.buffer:
-            for j, n_index in enumerate(n_indices):
-                by_n.setdefault(n_index, []).append((layer, rows[:, :, j * self.q:(j + 1) * self.q], row0))
-        for n_index, pieces in sorted(by_n.items()):
-            n = self.n_ladder[n_index]
-            u0 = min(self.layer_units[layer] for layer, _, _ in pieces)
-            u1 = max(self.layer_units[layer] for layer, _, _ in pieces) + self.h
-            r0 = min(row0 for _, _, row0 in pieces)
-            r1 = max(row0 + rows.shape[0] * self.q for _, rows, row0 in pieces)
-            block = np.full((u1 - u0, r1 - r0, n), np.nan, dtype=np.float32)
-            for layer, rows, row0 in pieces:  # rows: (B, H, q, K)
-                batch = rows.shape[0]
-                u = self.layer_units[layer] - u0
-                values = rows[..., :n].transpose(1, 0, 2, 3).reshape(self.h, batch * self.q, -1)
-                block[u:u + self.h, row0 - r0:row0 - r0 + batch * self.q, : values.shape[-1]] = values
-            if self.k:
-                block[..., : self.k] = np.nan
-            write_scores(self.path, block, unit=slice(u0, u1), n_index=n_index, rows=slice(r0, r1))
-            self.writes += 1
-        self.buffer.clear()
-        self.nbytes = 0
+
+@contextmanager
+def _forward_stops_after(model, layer: int):
+    """Within the block a forward pass of ``model`` raises :class:`_StopForward` once block ``layer``
+    has run (nothing after it, final norm included, is computed); without a block list it runs whole."""
+    blocks = _decoder_layers(model)
+    if blocks is None:
+        yield
+        return
+
+    def stop(module, args, output):
+        raise _StopForward
+
+    handle = blocks[layer].register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _run_forward(model, input_ids, last_layer: int) -> None:
+    """Forward ``input_ids`` through blocks ``0..last_layer`` only (no cache, no LM head)."""
+    # a cache would keep every layer's keys and values alive for nothing
+    no_cache = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    with _forward_stops_after(model, last_layer):
+        try:
+            model(input_ids=input_ids, **no_cache)
+        except _StopForward:
+            pass
+
+
+def _put_rows(writer: RowChunkWriter, rows: np.ndarray, unit0: int, n_indices, row0: int, queries: int) -> None:
+    """Hand the writer one layer's captured rows ``(B, H, len(n_indices) * queries, K)`` of one
+    forward, as ``(H, B * queries, n)`` per ``n`` (rows ordered window-major, then query)."""
+    batch, heads = rows.shape[:2]
+    for j, n_index in enumerate(n_indices):
+        n = writer.n_ladder[n_index]
+        values = rows[:, :, j * queries:(j + 1) * queries, :n].transpose(1, 0, 2, 3).reshape(heads, batch * queries, -1)
+        writer.put(values, unit0=unit0, n_index=n_index, row0=row0)
+
+
+def _progress(windows: int, tokens_per_window: int, *, enabled: bool):
+    """tqdm progress in tokens (rate and time left) with windows done as postfix, on stderr (a
+    Snakemake rule's log, see :mod:`critscale.runlog`), refreshed at most every 10 s."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=windows * tokens_per_window, unit="tok", unit_scale=True, desc="extraction", file=sys.stderr,
+                mininterval=10.0, ascii=True, disable=not enabled, postfix=f"windows 0/{windows}")
+
+
+def _unit_coords(model, layer_list, head_list) -> dict:
+    """Per-unit ``layer``, ``head``, and each layer's attention: ``layer_type`` (sliding_attention or
+    full_attention) and ``window`` (0 for a global layer), as the model hands them to its attention."""
+    windows = probe_layers(model)
+    per_layer = [windows[layer] or 0 for layer in layer_list]
+    repeat = len(head_list)
+    return {
+        "layer": np.repeat(layer_list, repeat),
+        "head": np.tile(head_list, len(layer_list)),
+        "layer_type": np.repeat(["sliding_attention" if w else "full_attention" for w in per_layer], repeat),
+        "window": np.repeat(np.asarray(per_layer, dtype=np.int64), repeat),
+    }
 
 
 def extract_to_store(
@@ -100,7 +129,6 @@ def extract_to_store(
     n_ladder,
     sequences: int,
     queries: int = 1,
-    exclude_first_keys: int = 0,
     layers=None,
     heads=None,
     seed: int = 0,
@@ -115,13 +143,20 @@ def extract_to_store(
     loaded=None,
     texts=None,
     log=print,
+    progress: bool = True,
+    write_buffer_bytes: int = 256 * 2**20,
 ) -> dict:
     """Extract the rows of ``sequences`` windows of the corpus into a canonical score store.
 
     Units are ``L{layer}H{head}`` (coords ``layer``, ``head``); rows are ``sequence x query``
     (coords ``sequence``, ``query``, and ``window``: the window index in the corpus stream).
     ``loaded=(model, tokenizer, info)`` and ``texts=(texts, corpus_info)`` reuse what is already
-    in memory (tests, benchmarks).  Returns a summary dict (timings, self-check errors).
+    in memory (tests, benchmarks).  Every key is written (masking attention sinks is a choice of
+    the statistics stage).  Captured rows of one store row chunk (at most ``write_buffer_bytes``,
+    and never less than one forward's rows) are buffered and written once, by a background thread
+    while the next forward runs; the forward stops after the last captured layer.  ``progress``
+    shows windows done, tokens per second and the time left (tqdm, on stderr: the rule's log).
+    Returns a summary dict (timings, self-check errors).
     """
     import torch
 
@@ -133,11 +168,11 @@ def extract_to_store(
     n_ladder = sorted(int(n) for n in n_ladder)
     if len(set(n_ladder)) != len(n_ladder) or n_ladder[0] < 1:
         raise ValueError(f"n_ladder must hold distinct positive lengths, got {n_ladder}")
-    queries, k_excl, sequences = int(queries), int(exclude_first_keys), int(sequences)
+    queries, sequences, batch_size = int(queries), int(sequences), int(batch_size)
     if queries < 1 or queries > n_ladder[0]:
         raise ValueError(f"queries must be in 1..{n_ladder[0]} (the shortest n), got {queries}")
-    if k_excl < 0 or k_excl >= n_ladder[0] - queries + 1:
-        raise ValueError(f"exclude_first_keys={k_excl} would leave a row of the shortest n without keys")
+    if sequences < 1 or batch_size < 1:
+        raise ValueError(f"sequences ({sequences}) and batch_size ({batch_size}) must be positive")
     if attention_output not in ("eager", "sdpa"):
         raise ValueError("attention_output must be 'eager' or 'sdpa'")
     if loaded is None:
@@ -170,9 +205,7 @@ def extract_to_store(
     row_sequence = np.repeat(np.arange(sequences), queries)
     row_query = np.tile(np.arange(queries), sequences)
     attrs = {
-        "source": model_source_name(
-            model_name or str(info.get("model_id")), corpus_name or corpus_info["source"], k_excl
-        ),
+        "source": model_source_name(model_name or str(info.get("model_id")), corpus_name or corpus_info["source"]),
         "kind": "model",
         "model": model_name or str(info.get("model_id")),
         "model_id": str(info.get("model_id")),
@@ -189,13 +222,12 @@ def extract_to_store(
         "corpus_files": list(corpus_info.get("files", [])),
         "corpus_checksum": corpus_info["checksum"],
         "queries": queries,
-        "exclude_first_keys": k_excl,
         "seed": int(seed),
         "attention_output": attention_output,
     }
     extraction_config = {
         "model": model_spec, "corpus": corpus_spec, "n_ladder": n_ladder, "sequences": sequences,
-        "queries": queries, "exclude_first_keys": k_excl, "layers": layers, "heads": heads, "seed": seed,
+        "queries": queries, "layers": layers, "heads": heads, "seed": seed,
         "dtype": dtype, "batch_size": batch_size, "attention_output": attention_output,
         "device": str(next(model.parameters()).device),
     }
@@ -205,12 +237,11 @@ def extract_to_store(
     )
     create_scores_store(
         out_path, units=units, n_ladder=n_ladder, sequence=row_sequence, query=row_query,
-        unit_coords={"layer": np.repeat(layer_list, len(head_list)), "head": np.tile(head_list, len(layer_list))},
+        unit_coords=_unit_coords(model, layer_list, head_list),
         row_coords={"window": np.repeat(np.asarray(window_info["window_index"]), queries)},
         attrs=attrs, dtype="float32",
+        row_chunk=choose_row_chunk(len(row_sequence), batch_size * queries, len(units), n_ladder, write_buffer_bytes),
     )
-    one_layer = batch_size * n_heads * n_ladder[-1] ** 2 * 4
-    writer = _StoreWriter(out_path, layer_units, len(head_list), n_ladder, queries, k_excl, budget_bytes=one_layer)
 
     # forward plans: (input_length, positions, n_indices)
     offsets = np.arange(queries)
@@ -221,9 +252,14 @@ def extract_to_store(
 
     checks = []
     t_forward = t_check = 0.0
+    t_loop = time.perf_counter()
     device = next(model.parameters()).device
     selected_heads = None if heads is None else head_list
-    with torch.inference_mode():
+    with (
+        _progress(sequences, sum(length for length, _, _ in plans), enabled=progress) as bar,
+        RowChunkWriter(out_path) as writer,
+        torch.inference_mode(),
+    ):
         for b0 in range(0, sequences, batch_size):
             batch = windows[b0:b0 + batch_size].to(device)
             for length, positions, n_indices in plans:
@@ -233,19 +269,19 @@ def extract_to_store(
                 def sink(layer, rows, _probabilities, _n=n_indices, _row0=b0 * queries, _kept=kept):
                     if checked:
                         _kept[layer] = rows
-                    writer.add(layer, rows.cpu().numpy(), _n, _row0)
+                    _put_rows(writer, rows.cpu().numpy(), layer_units[layer], _n, _row0, queries)
 
                 t0 = time.perf_counter()
                 with capturing(model, positions, sink, layers=layer_list, heads=selected_heads, mode=attention_output, modules=modules):
-                    model(input_ids=batch[:, :length])
+                    _run_forward(model, batch[:, :length], layer_list[-1])
                 t_forward += time.perf_counter() - t0
                 if checked:
                     checks.append(self_check(model, batch[:, :length], kept, positions, checked,
                                              causal=direction == "causal", heads=selected_heads, modules=modules))
                     t_check += checks[-1]["seconds"]
-                if direction == "bidirectional":
-                    writer.flush()
-        writer.flush()
+                bar.update(len(batch) * length)
+            bar.set_postfix_str(f"windows {min(b0 + batch_size, sequences)}/{sequences}", refresh=False)
+    t_loop = time.perf_counter() - t_loop
     check = {name: max(c[name] for c in checks) for name in ("capture_error", "drift_error")}
     check.update(capture_tol=checks[0]["capture_tol"], drift_tol=checks[0]["drift_tol"], rows=sum(c["rows"] for c in checks))
     # record the self-check in the store
@@ -259,8 +295,10 @@ def extract_to_store(
     summary = {
         "path": str(out_path), "units": len(units), "rows": len(row_sequence), "n_ladder": n_ladder,
         "self_check": check, "forward_seconds": t_forward,
-        "self_check_seconds": t_check, "total_seconds": time.perf_counter() - t_start, "writes": writer.writes,
-        "write_seconds": writer.seconds,
+        "self_check_seconds": t_check, "total_seconds": time.perf_counter() - t_start,
+        # forwards, captures and writes (the writer thread's tail included), without the self-check
+        "extract_seconds": t_loop - t_check, "write_wait_seconds": writer.wait_seconds,
+        "blocks_written": writer.blocks_written,
     }
     if log:
         log(

@@ -12,7 +12,6 @@ summary = extraction.extract_to_store(
     n_ladder=study_config.ladder(snakemake.params.model["ladder"]),
     sequences=settings.get("sequences", 4),
     queries=settings.get("queries", 1),
-    exclude_first_keys=run["exclude_first_keys"],
     layers=settings.get("layers"),
     heads=settings.get("heads"),
     seed=snakemake.params.seed,
