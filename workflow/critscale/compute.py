@@ -10,27 +10,38 @@ for any chunking, scheduler or number of workers.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from contextlib import contextmanager
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.callbacks import Callback
+from dask.utils import key_split
 
 from . import storage
 from .gapstats import DESCRIPTIONS, Grids, feature_layout, pack
+
+log = logging.getLogger(__name__)
 
 #: Scalar per-row quantities that get (unit, n) quantile aggregates in the statistics store.
 AGGREGATED = ("accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "resolved_scale")
 INTEGER_QUANTITIES = ("n_keys", "ties", "gap_count")
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of rows
 _BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log
 
 
-def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int) -> np.ndarray:
-    """Packed statistics of a ``(unit, row, key)`` block, computed in memory-bounded batches."""
+def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int, exclude_first_keys: int) -> np.ndarray:
+    """Packed statistics of a ``(unit, row, key)`` block, computed in memory-bounded batches;
+    the first ``exclude_first_keys`` keys of every row are masked (not competitors)."""
     units, rows, keys = block.shape
     flat = block.reshape(units * rows, keys)
+    if exclude_first_keys:
+        flat = flat.astype(np.result_type(flat.dtype, np.float32), copy=True)
+        flat[:, :exclude_first_keys] = np.nan
     # About eight float64 arrays the width of a row are alive at once inside pack().
     batch = max(1, memory_budget // (8 * 8 * max(keys, 1)))
     out = np.concatenate([pack(flat[i : i + batch], grids) for i in range(0, len(flat), batch)])
@@ -44,8 +55,12 @@ def gap_statistics(
     quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
     row_chunk: int = 256,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_first_keys: int = 0,
 ) -> xr.Dataset:
     """Lazy statistics dataset of a score store (see ``storage`` for the layout).
+
+    ``exclude_first_keys = k`` masks the first ``k`` keys of every row (the attention-sink
+    variant) before the statistics; a row left without a key is an empty row (NaN, ``n_keys = 0``).
 
     Per row: every quantity of :func:`critscale.gapstats.row_statistics`; per ``(unit, n)``:
     quantiles over rows of the scalar quantities (``<name>_quantiles``, ``inverted_cdf`` so that a
@@ -53,6 +68,8 @@ def gap_statistics(
     of tied rows.  Variables of the score store without a ``key`` dimension (predictions) and its
     attributes are carried over, so the statistics store is self-describing.
     """
+    if int(exclude_first_keys) != exclude_first_keys or exclude_first_keys < 0:
+        raise ValueError(f"exclude_first_keys must be an integer >= 0, got {exclude_first_keys!r}")
     values = scores["scores"].data
     units, _, rows, longest = values.shape
     row_chunk = max(1, min(int(row_chunk), rows))
@@ -67,6 +84,7 @@ def gap_statistics(
                 _pack_block,
                 grids,
                 memory_budget,
+                int(exclude_first_keys),
                 dtype=np.float64,
                 chunks=(block.chunks[0], block.chunks[1], (grids.width,)),
                 meta=np.empty((0, 0, 0)),
@@ -101,6 +119,7 @@ def gap_statistics(
         description="rows with a tie at the maximum (Lambda = inf)", units="count"
     )
     stats.attrs = dict(scores.attrs)
+    stats.attrs["statistics_exclude_first_keys"] = int(exclude_first_keys)
     stats.attrs["grids"] = json.dumps({k: getattr(grids, k).tolist() for k in ("t", "resolutions", "beta", "rho")})
     return stats
 
@@ -129,6 +148,72 @@ def dask_scheduler(spec: str, workers: int):
         )
 
 
+class _Progress:
+    """Logs how many statistics blocks are done, at most every ``interval`` seconds."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def report(self, done: int, total: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self.last >= self.interval:
+            self.last = now
+            log.info("statistics: %d of %d blocks done", done, total)
+
+
+class _LocalProgress(Callback):
+    """Block progress on the local schedulers (threads, processes, synchronous)."""
+
+    def __init__(self, interval: float):
+        super().__init__()
+        self.progress = _Progress(interval)
+        self.done = self.total = 0
+
+    def _start_state(self, dsk, state):
+        self.total = sum(key_split(key) == _pack_block.__name__ for key in dsk)
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        if key_split(key) == _pack_block.__name__:
+            self.done += 1
+            self.progress.report(self.done, self.total)
+
+    def _finish(self, dsk, state, errored):
+        self.progress.report(self.done, self.total, final=True)
+
+
+def _scheduler_block_counts(dask_scheduler) -> tuple[int, int]:
+    """(done, total) statistics blocks known to a ``distributed`` scheduler."""
+    prefix = dask_scheduler.task_prefixes.get(_pack_block.__name__)
+    if prefix is None:
+        return 0, 0
+    states = dict(prefix.states)
+    done = sum(states.get(name, 0) for name in ("memory", "released", "forgotten", "erred"))
+    return done, sum(states.values())
+
+
+def run_with_progress(work, spec: str, workers: int, interval: float = PROGRESS_INTERVAL) -> None:
+    """Compute ``work`` on the scheduler ``spec`` (see :func:`dask_scheduler`), logging blocks done."""
+    with dask_scheduler(spec, workers) as kwargs:
+        client = kwargs["scheduler"]
+        if isinstance(client, str):
+            with _LocalProgress(interval):
+                dask.compute(work, **kwargs)
+            return
+        from distributed import wait
+
+        progress = _Progress(interval)
+        future = client.compute(work)
+        while True:
+            try:
+                wait(future, timeout=interval)
+                break
+            except TimeoutError:
+                progress.report(*client.run_on_scheduler(_scheduler_block_counts))
+        future.result()  # raises the task's error, if any
+        progress.report(*client.run_on_scheduler(_scheduler_block_counts), final=True)
+
+
 def compute_statistics_store(
     scores_path,
     out_path,
@@ -139,19 +224,21 @@ def compute_statistics_store(
     scheduler: str = "threads",
     workers: int = 1,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_first_keys: int = 0,
     config: dict | None = None,
 ) -> None:
     """Read a score store, compute its statistics with Dask, write the statistics store."""
     scores = storage.open_store(scores_path)
     stats = gap_statistics(
-        scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget
+        scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget,
+        exclude_first_keys=exclude_first_keys,
     )
     stats.attrs["statistics_provenance"] = storage.provenance(
         config or {},
         scores_store=str(scores_path),
         scores_checksum=storage.store_checksum(scores_path),
         scores_provenance=scores.attrs.get("provenance"),
+        exclude_first_keys=int(exclude_first_keys),
     )
     write = storage.write_dataset(stats, out_path, compute=False)
-    with dask_scheduler(scheduler, workers) as kwargs:
-        dask.compute(write, **kwargs)
+    run_with_progress(write, scheduler, workers)
