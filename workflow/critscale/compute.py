@@ -148,6 +148,10 @@ def dask_scheduler(spec: str, workers: int):
         )
 
 
+#: Prefix of the block tasks' keys, as dask and distributed name task prefixes.
+_BLOCK_PREFIX = key_split(_pack_block.__name__)
+
+
 class _Progress:
     """Logs how many statistics blocks are done, at most every ``interval`` seconds."""
 
@@ -171,10 +175,10 @@ class _LocalProgress(Callback):
         self.done = self.total = 0
 
     def _start_state(self, dsk, state):
-        self.total = sum(key_split(key) == _pack_block.__name__ for key in dsk)
+        self.total = sum(key_split(key) == _BLOCK_PREFIX for key in dsk)
 
     def _posttask(self, key, result, dsk, state, worker_id):
-        if key_split(key) == _pack_block.__name__:
+        if key_split(key) == _BLOCK_PREFIX:
             self.done += 1
             self.progress.report(self.done, self.total)
 
@@ -183,8 +187,8 @@ class _LocalProgress(Callback):
 
 
 def _scheduler_block_counts(dask_scheduler) -> tuple[int, int]:
-    """(done, total) statistics blocks known to a ``distributed`` scheduler."""
-    prefix = dask_scheduler.task_prefixes.get(_pack_block.__name__)
+    """(done, total) statistics blocks a ``distributed`` scheduler has seen, over its lifetime."""
+    prefix = dask_scheduler.task_prefixes.get(_BLOCK_PREFIX)
     if prefix is None:
         return 0, 0
     states = dict(prefix.states)
@@ -192,8 +196,10 @@ def _scheduler_block_counts(dask_scheduler) -> tuple[int, int]:
     return done, sum(states.values())
 
 
-def run_with_progress(work, spec: str, workers: int, interval: float = PROGRESS_INTERVAL) -> None:
-    """Compute ``work`` on the scheduler ``spec`` (see :func:`dask_scheduler`), logging blocks done."""
+def run_with_progress(work, spec: str, workers: int) -> None:
+    """Compute ``work`` on the scheduler ``spec`` (see :func:`dask_scheduler`), logging blocks done
+    every :data:`PROGRESS_INTERVAL` seconds and at the end."""
+    interval = PROGRESS_INTERVAL
     with dask_scheduler(spec, workers) as kwargs:
         client = kwargs["scheduler"]
         if isinstance(client, str):
@@ -203,15 +209,20 @@ def run_with_progress(work, spec: str, workers: int, interval: float = PROGRESS_
         from distributed import wait
 
         progress = _Progress(interval)
+        before = np.array(client.run_on_scheduler(_scheduler_block_counts))  # earlier computations
+
+        def report(final=False):
+            progress.report(*(np.array(client.run_on_scheduler(_scheduler_block_counts)) - before), final=final)
+
         future = client.compute(work)
         while True:
             try:
-                wait(future, timeout=interval)
+                wait(future, timeout=max(interval, 0.1))
                 break
             except TimeoutError:
-                progress.report(*client.run_on_scheduler(_scheduler_block_counts))
+                report()
         future.result()  # raises the task's error, if any
-        progress.report(*client.run_on_scheduler(_scheduler_block_counts), final=True)
+        report(final=True)
 
 
 def compute_statistics_store(
