@@ -20,6 +20,7 @@ Conventions chosen where the theory is silent (also in the README):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +128,7 @@ def _as_rows(scores) -> np.ndarray:
     if x.ndim == 0:
         raise ValueError("scores must have at least one axis (the last axis holds the keys), got a scalar")
     exact = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
-    x = x.astype(exact, copy=False).reshape(-1, x.shape[-1])
+    x = x.astype(exact, copy=False).reshape(math.prod(x.shape[:-1]), x.shape[-1])
     if np.isposinf(x).any():
         row = int(np.argwhere(np.isposinf(x))[0, 0])
         raise ValueError(f"scores contain +inf (first in row {row}); mask keys with NaN or -inf")
