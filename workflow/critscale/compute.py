@@ -3,8 +3,9 @@
 Each block holds whole rows (the key axis is never split, the statistics need the full row) of
 one context length; rows are processed in batches whose size is set by a memory budget, so peak
 memory depends on the budget and the number of workers, not on the size of the store.  Every
-per-row result depends on that row alone (see :mod:`critscale.gapstats`), so the store is the same
-for any chunking, scheduler or number of workers.
+per-row result depends on that row alone and the compiled kernel sums each row in a fixed order
+(see :mod:`critscale.kernels`), so the store is the same, byte for byte, for any chunking,
+scheduler or number of workers.  The stage logs how many blocks are done as it goes.
 """
 
 from __future__ import annotations

@@ -1,21 +1,28 @@
 """Compiled per-row kernel of :mod:`critscale.gapstats` (numba).
 
-One call fills the packed feature vectors of a batch of rows whose gaps are already sorted.  Per
-row, in this order and only from the row itself:
+One call fills the packed feature vectors of a batch of rows whose scores are sorted ascending
+(``np.sort``: float32 sorts twice as fast as float64 and the gaps are taken in float64 here all
+the same).  Per row, in this order and only from the row itself:
 
-* one pass over the sorted gaps gives ``N(0)``, ``Lambda`` with its contact index and every
-  resolved scale ``Lambda^(r)``;
+* the gaps ``D_(k)``, ascending, from the sorted scores;
+* one pass over them gives ``N(0)``, ``Lambda`` with its contact index and every resolved scale
+  ``Lambda^(r)`` (a division only where a maximum can move);
 * ``N(t)`` by binary search;
 * the Laplace envelope ``S(beta) = max_k (log N(D_(k)) - beta D_(k))`` from the upper concave
   hull of the points ``(D_(k), log N(D_(k)))``: the maximiser moves left along the hull as beta
   grows, so one hull pass and one walk serve every beta of a grid, with no exponential at all;
 * the softmax responses from ``Z`` and ``Z' = sum exp(-beta D) D``: for each chain of a grid
-  (``beta, 2 beta, 4 beta, ...``) the row is walked once, each term computed by one ``exp`` at the
-  chain's first beta and squared up the chain in registers.  Terms only shrink along a sorted
-  row, so a level stops once the terms left cannot change its sums (relative ``2**-56``).
+  (``beta, 2 beta, 4 beta, ...``) one exponential per key at the chain's first beta (an inlined
+  ``exp`` the compiler vectorises), then level by level a sum over the keys that squares the terms
+  in place for the next level.  Terms only shrink along a sorted row, so each level sums only as
+  far as the terms left can change its sums (relative ``2**-56``), and the next level no further.
 
-Every sum runs over the row in key order with scalar additions, so a row's result does not depend
-on the rows beside it, the memory alignment, the chunking, the scheduler or the number of cores.
+Every sum runs over the row's keys in an order fixed by this code (four interleaved lanes, then
+the rest in key order; no ``fastmath`` reassociation), so a row's result does not depend on the
+rows beside it, the memory alignment, the chunking, the scheduler or the number of cores.  Rows
+run one after another: the Dask stage runs blocks in parallel, and a ``prange`` inside its tasks
+would oversubscribe the cores (numba's default threading layer is not even safe to call from
+several threads at once).
 
 Compiled once per machine: ``cache=True`` stores the machine code in ``__pycache__`` next to this
 file, or, when that folder is not writable (a read-only install), in numba's per-user cache
