@@ -32,6 +32,7 @@ AGGREGATED = ("accumulation_scale", "contact_gap", "contact_exponent", "contact_
 INTEGER_QUANTITIES = ("n_keys", "ties", "gap_count")
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of rows
 _BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
+_WRITE_ELEMENTS = 2**21  # packed values per Zarr chunk of the statistics store (16 MiB)
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log
 
 
@@ -91,7 +92,10 @@ def gap_statistics(
                 meta=np.empty((0, 0, 0)),
             )
         )
-    packed = da.stack(per_n, axis=1)  # (unit, n, row, feature)
+    # Zarr chunks of the store: whole blocks merged up to _WRITE_ELEMENTS, because each chunk
+    # write costs milliseconds of fixed overhead (and the values do not depend on the chunking).
+    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width), row_chunk, rows))
+    packed = da.stack(per_n, axis=1).rechunk({2: write_rows})  # (unit, n, row, feature)
 
     coords = {name: coord for name, coord in scores.coords.items() if "key" not in coord.dims}
     coords.update(t=grids.t, r=grids.resolutions, beta=grids.beta, rho=grids.rho)
