@@ -153,8 +153,13 @@ def dask_scheduler(spec: str, workers: int):
         )
 
 
-#: Prefix of the block tasks' keys, as dask and distributed name task prefixes.
+#: Name of the block tasks as dask and distributed split keys; graph optimisation may fuse it
+#: with the tasks around it (``pack_block-rechunk-merge-...``), so it is looked for as a part.
 _BLOCK_PREFIX = key_split(_pack_block.__name__)
+
+
+def _is_block(prefix: str) -> bool:
+    return _BLOCK_PREFIX in prefix.split("-")
 
 
 class _Progress:
@@ -180,10 +185,10 @@ class _LocalProgress(Callback):
         self.done = self.total = 0
 
     def _start_state(self, dsk, state):
-        self.total = sum(key_split(key) == _BLOCK_PREFIX for key in dsk)
+        self.total = sum(_is_block(key_split(key)) for key in dsk)
 
     def _posttask(self, key, result, dsk, state, worker_id):
-        if key_split(key) == _BLOCK_PREFIX:
+        if _is_block(key_split(key)):
             self.done += 1
             self.progress.report(self.done, self.total)
 
@@ -191,14 +196,20 @@ class _LocalProgress(Callback):
         self.progress.report(self.done, self.total, final=True)
 
 
-def _scheduler_block_counts(dask_scheduler) -> tuple[int, int]:
+def _scheduler_block_counts(client) -> np.ndarray:
     """(done, total) statistics blocks a ``distributed`` scheduler has seen, over its lifetime."""
-    prefix = dask_scheduler.task_prefixes.get(_BLOCK_PREFIX)
-    if prefix is None:
-        return 0, 0
-    states = dict(prefix.states)
-    done = sum(states.get(name, 0) for name in ("memory", "released", "forgotten", "erred"))
-    return done, sum(states.values())
+
+    # Nested, so that it is pickled by value: the scheduler need not have critscale installed.
+    def counts(dask_scheduler, block=_BLOCK_PREFIX):
+        done = total = 0
+        for name, prefix in dask_scheduler.task_prefixes.items():
+            if block in name.split("-"):
+                states = dict(prefix.states)
+                done += sum(states.get(s, 0) for s in ("memory", "released", "forgotten", "erred"))
+                total += sum(states.values())
+        return done, total
+
+    return np.array(client.run_on_scheduler(counts))
 
 
 def run_with_progress(work, spec: str, workers: int) -> None:
@@ -214,10 +225,10 @@ def run_with_progress(work, spec: str, workers: int) -> None:
         from distributed import wait
 
         progress = _Progress(interval)
-        before = np.array(client.run_on_scheduler(_scheduler_block_counts))  # earlier computations
+        before = _scheduler_block_counts(client)  # blocks of earlier computations
 
         def report(final=False):
-            progress.report(*(np.array(client.run_on_scheduler(_scheduler_block_counts)) - before), final=final)
+            progress.report(*(_scheduler_block_counts(client) - before), final=final)
 
         future = client.compute(work)
         while True:
