@@ -99,14 +99,17 @@ def largest_difference(fast: dict, reference: list[dict]) -> float:
     return worst
 
 
-def rate(function, rows: int, repeats: int) -> float:
-    """Rows per second, best of ``repeats`` (the machine is shared: the best is the least disturbed)."""
-    best = np.inf
+def rates(functions: dict, rows: int, repeats: int) -> dict[str, float]:
+    """Rows per second of each function, best of ``repeats`` rounds that run every function in
+    turn (the machine is shared: interleaving exposes all of them to the same load, and the best
+    is the least disturbed)."""
+    best = dict.fromkeys(functions, np.inf)
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return rows / best
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: rows / seconds for name, seconds in best.items()}
 
 
 def peak_memory_of_stage(n: int, rows: int, workers: int) -> float:
@@ -130,17 +133,21 @@ def measure(n: int, rows: int, reference_rows: int, repeats: int) -> dict:
         tmp = Path(tmp)
         values = make_store(tmp / "scores.zarr", n, rows)
         pack(values[:2], GRIDS)  # load the compiled kernel (once per process) outside the timings
-        rates = {
-            "fair baseline (vectorised numpy)": rate(lambda: fair_baseline(values), rows, repeats),
-            "library pack(), 1 thread": rate(lambda: pack(values, GRIDS), rows, repeats),
-        }
         outputs = iter(range(10**6))  # a fresh output store each run: no removal of an old one timed
-        for workers in (1, 2):
-            stage = lambda: compute.compute_statistics_store(  # noqa: E731
+
+        def stage(workers):
+            return lambda: compute.compute_statistics_store(
                 tmp / "scores.zarr", tmp / f"stats{next(outputs)}.zarr", GRIDS, workers=workers
             )
-            rates[f"Dask stage Zarr -> Zarr, {workers} thread(s)"] = rate(stage, rows, repeats)
-        rates["floor: read from Zarr + sort gaps"] = rate(lambda: floor(tmp / "scores.zarr"), rows, repeats)
+
+        functions = {
+            "fair baseline (vectorised numpy)": lambda: fair_baseline(values),
+            "library pack(), 1 thread": lambda: pack(values, GRIDS),
+            "Dask stage Zarr -> Zarr, 1 thread(s)": stage(1),
+            "Dask stage Zarr -> Zarr, 2 thread(s)": stage(2),
+            "floor: read from Zarr + sort gaps": lambda: floor(tmp / "scores.zarr"),
+        }
+        measured = rates(functions, rows, repeats)
         reference = [reference_row(row, GRIDS) for row in values[:reference_rows]]
         library = largest_difference(unpack(pack(values[:reference_rows], GRIDS), GRIDS), reference)
         fair = fair_baseline(values[:reference_rows])
@@ -148,7 +155,7 @@ def measure(n: int, rows: int, reference_rows: int, repeats: int) -> dict:
             name + suffix: fair[key][..., j] for j, name in enumerate(RESPONSE_NAMES) for suffix, key in (("", "response"), ("_rel", "response_rel"))
         }
         baseline = largest_difference(fair, reference)
-    return {"rates": rates, "library_difference": library, "baseline_difference": baseline}
+    return {"rates": measured, "library_difference": library, "baseline_difference": baseline}
 
 
 def main():
@@ -156,7 +163,7 @@ def main():
     parser.add_argument("--n", type=int, nargs="+", default=[512, 4096, 32768])
     parser.add_argument("--elements", type=int, default=2**21, help="rows x keys timed per n")
     parser.add_argument("--reference-rows", type=int, default=8, help="rows checked against the reference")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-n", type=int, default=4096, help="n of the peak-memory runs (0: skip)")
     parser.add_argument("--memory-rows", type=int, nargs="+", default=[256, 1024, 4096])
     args = parser.parse_args()
