@@ -44,7 +44,8 @@ def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int, exclude_fir
     if exclude_first_keys:
         flat = flat.astype(np.result_type(flat.dtype, np.float32), copy=True)
         flat[:, :exclude_first_keys] = np.nan
-    # About eight float64 arrays the width of a row are alive at once inside pack().
+    # pack() holds two float copies of each row (cast, sorted) and its packed output; budgeting
+    # eight float64 rows leaves room for the kernel's row-wide buffers and Dask's own copies.
     batch = max(1, memory_budget // (8 * 8 * max(keys, 1)))
     out = np.concatenate([pack(flat[i : i + batch], grids) for i in range(0, len(flat), batch)])
     return out.reshape(units, rows, grids.width)
