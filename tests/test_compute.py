@@ -1,6 +1,13 @@
 """The Dask stage: same store for any chunking, scheduler or worker count; carries metadata."""
 
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -95,3 +102,95 @@ def test_store_opens_with_one_line_of_xarray(scores_path, tmp_path):
         warnings.simplefilter("error", RuntimeWarning)  # no fallback-to-unconsolidated warning
         ds = xr.open_zarr(tmp_path / "open.zarr")
     assert "accumulation_scale" in ds
+
+
+def assert_same_bytes(a: xr.Dataset, b: xr.Dataset):
+    """Byte-for-byte equality of every variable (also tells -0.0 from 0.0 and NaN payloads)."""
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        assert a[name].values.tobytes() == b[name].values.tobytes(), name
+
+
+@contextmanager
+def external_dask_cluster(tmp_path, workers=2, timeout=120):
+    """``dask scheduler`` plus ``dask worker --nworkers 2 --nthreads 1`` as subprocesses on
+    127.0.0.1 (not a LocalCluster), stopped whatever happens; yields the scheduler address."""
+    scheduler_file = tmp_path / "scheduler.json"
+    common = ["--no-dashboard"]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--scheduler-file", str(scheduler_file), *common],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + timeout
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline and processes[0].poll() is None, "dask scheduler did not start"
+            time.sleep(0.2)
+        time.sleep(0.2)  # the file is written in one go, but give it a moment
+        address = json.loads(scheduler_file.read_text())["address"]
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", str(workers),
+                 "--nthreads", "1", "--host", "127.0.0.1", *common],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        )
+        from distributed import Client
+
+        with Client(address, timeout=timeout) as client:
+            client.wait_for_workers(workers, timeout=timeout)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: only what it started
+                process.wait(timeout=30)
+
+
+def test_same_bytes_on_an_external_scheduler(scores_path, tmp_path, caplog, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)
+    with caplog.at_level(logging.INFO, logger="critscale.compute"):
+        with external_dask_cluster(tmp_path) as address:
+            remote = stats_with(scores_path, tmp_path, "remote", scheduler=address, row_chunk=4)
+    assert_same_bytes(stats_with(scores_path, tmp_path, "local", row_chunk=3, workers=2), remote)
+    # 3 lengths x 3 row blocks x 1 unit block, counted by the scheduler
+    assert "statistics: 9 of 9 blocks done" in caplog.text
+
+
+def test_progress_of_blocks_in_the_log(scores_path, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)
+    with caplog.at_level(logging.INFO, logger="critscale.compute"):
+        stats_with(scores_path, tmp_path, "progress", row_chunk=5)
+    lines = [line for line in caplog.messages if "blocks done" in line]
+    assert lines[0] == "statistics: 1 of 6 blocks done"  # 3 lengths x 2 row blocks
+    assert lines[-1] == "statistics: 6 of 6 blocks done"
+
+
+@pytest.mark.parametrize("k", [3, 10])  # 10: every row at n = 8 is left with no key
+def test_exclude_first_keys_equals_masking_by_hand(scores_path, tmp_path, k):
+    stats = stats_with(scores_path, tmp_path, f"skip{k}", exclude_first_keys=k)
+    scores = storage.open_store(scores_path).load()
+    for i, n in enumerate(LADDER):
+        masked = scores.scores.values[:, i, :, :n].copy()
+        masked[..., :k] = np.nan
+        for name, value in row_statistics(masked, GRIDS).items():
+            np.testing.assert_array_equal(stats[name].isel(n=i).values, value, err_msg=name)
+    if k >= LADDER[0]:
+        assert (stats.n_keys.isel(n=0) == 0).all() and np.isnan(stats.accumulation_scale.isel(n=0)).all()
+    assert stats.attrs["statistics_exclude_first_keys"] == k
+    assert json.loads(stats.attrs["statistics_provenance"])["exclude_first_keys"] == k
+    # the score store is untouched
+    np.testing.assert_array_equal(storage.open_store(scores_path).scores.values, scores.scores.values)
+
+
+def test_exclude_first_keys_must_be_a_count(scores_path, tmp_path):
+    with pytest.raises(ValueError, match="exclude_first_keys must be an integer >= 0"):
+        stats_with(scores_path, tmp_path, "bad-skip", exclude_first_keys=-1)

@@ -6,7 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from critscale.gapstats import RESPONSE_NAMES, Grids, doubling_parents, octave_grid, row_statistics
+from critscale.gapstats import (
+    RESPONSE_NAMES,
+    Grids,
+    doubling_chains,
+    doubling_parents,
+    octave_grid,
+    pack,
+    row_statistics,
+    sorted_gaps,
+)
 from critscale.reference import reference_row
 
 GRIDS = Grids(
@@ -174,3 +183,66 @@ def test_theorem_inequalities(row):
         counts = np.searchsorted(gaps, gaps, side="right")
         assert np.all(np.log(counts) <= lam * gaps * (1 + 1e-12) + 1e-12)
         assert np.any(np.isclose(np.log(counts), lam * gaps, rtol=1e-12))
+
+
+@pytest.mark.parametrize(
+    "scores, problem",
+    [
+        (np.array([[1.0 + 2.0j, 0.5]]), "complex"),
+        (np.array([["1.0", "0.5"]]), "<U3"),
+        (np.array([[1.0, None]], dtype=object), "object"),
+        (np.array([[True, False]]), "bool"),
+        (np.float64(1.0), "scalar"),
+    ],
+    ids=["complex", "string", "object", "bool", "scalar"],
+)
+def test_inputs_that_are_not_real_scores_are_rejected(scores, problem):
+    for function in (row_statistics, lambda s, g: pack(s, g), lambda s, g: sorted_gaps(s)):
+        with pytest.raises(ValueError, match=problem):
+            function(scores, GRIDS)
+
+
+def test_zero_rows_and_zero_keys_give_documented_empty_results():
+    none = row_statistics(np.empty((0, 7)), GRIDS)
+    assert none["accumulation_scale"].shape == (0,)
+    assert none["free_energy"].shape == (0, len(GRIDS.beta))
+    assert pack(np.empty((2, 0, 5)), GRIDS).shape == (0, GRIDS.width)
+    keyless = row_statistics(np.empty((3, 0)), GRIDS)  # rows with no visible key
+    reference = reference_row(np.empty(0), GRIDS)
+    np.testing.assert_array_equal(keyless["n_keys"], [0, 0, 0])
+    for name in SCALARS + ("gap_count", "resolved_scale"):
+        np.testing.assert_array_equal(keyless[name][1], np.asarray(reference[name], float), err_msg=name)
+    assert np.isnan(keyless["entropy_rel"]).all() and np.isnan(keyless["laplace_envelope"]).all()
+
+
+def test_integer_and_float32_scores_match_float64():
+    rows = np.random.default_rng(6).integers(-50, 50, size=(5, 200))
+    expected = row_statistics(rows.astype(np.float64), GRIDS)
+    for dtype in (np.int16, np.int64, np.float32):
+        for name, value in row_statistics(rows.astype(dtype), GRIDS).items():
+            np.testing.assert_array_equal(value, expected[name], err_msg=f"{dtype.__name__} {name}")
+
+
+def test_sorted_gaps_masks_and_sorts():
+    gaps, n_keys = sorted_gaps(np.array([[1.0, np.nan, -np.inf, 3.0, 2.0], [np.nan] * 5]))
+    np.testing.assert_array_equal(gaps, [[0.0, 1.0, 2.0, np.inf, np.inf], [np.inf] * 5])
+    np.testing.assert_array_equal(n_keys, [3, 0])
+
+
+def test_doubling_chains_cover_the_grid_once():
+    grid = np.array([0.5, 1.0, 0.0, 2.0, 1.0, 0.75, 1.5, 4.0, 3.0])
+    order, starts, nodes = doubling_chains(grid)
+    np.testing.assert_array_equal(np.sort(nodes), np.arange(len(grid)))
+    np.testing.assert_array_equal(grid[order], np.sort(grid))
+    for c in range(len(starts) - 1):
+        values = grid[nodes[starts[c] : starts[c + 1]]]
+        np.testing.assert_array_equal(values[1:], 2 * values[:-1])
+    assert len(starts) - 1 == 4  # 0 | 0.5 1 2 4 | 1 (repeated) | 0.75 1.5 3
+
+
+def test_long_rows_with_large_betas_match_reference():
+    """Rows where most terms underflow at the large betas: the tail cutoff must not lose mass."""
+    rng = np.random.default_rng(7)
+    rows = np.stack([rng.normal(size=5000), rng.exponential(size=5000), np.r_[[0.0] * 3, -rng.uniform(0, 1e-3, 4997)]])
+    grids = Grids(t=[0.1], resolutions=[0.0], beta=octave_grid(2**-3, 2**12, 3), rho=octave_grid(2**-5, 2**6, 4))
+    assert_matches_reference(rows, grids)

@@ -3,35 +3,49 @@
 Each block holds whole rows (the key axis is never split, the statistics need the full row) of
 one context length; rows are processed in batches whose size is set by a memory budget, so peak
 memory depends on the budget and the number of workers, not on the size of the store.  Every
-per-row result depends on that row alone (see :mod:`critscale.gapstats`), so the store is the same
-for any chunking, scheduler or number of workers.
+per-row result depends on that row alone and the compiled kernel sums each row in a fixed order
+(see :mod:`critscale.kernels`), so the store is the same, byte for byte, for any chunking,
+scheduler or number of workers.  The stage logs how many blocks are done as it goes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from contextlib import contextmanager
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.callbacks import Callback
+from dask.utils import key_split
 
 from . import storage
 from .gapstats import DESCRIPTIONS, Grids, feature_layout, pack
+
+log = logging.getLogger(__name__)
 
 #: Scalar per-row quantities that get (unit, n) quantile aggregates in the statistics store.
 AGGREGATED = ("accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "resolved_scale")
 INTEGER_QUANTITIES = ("n_keys", "ties", "gap_count")
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of rows
 _BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
+_WRITE_ELEMENTS = 2**21  # packed values per Zarr chunk of the statistics store (16 MiB)
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log
 
 
-def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int) -> np.ndarray:
-    """Packed statistics of a ``(unit, row, key)`` block, computed in memory-bounded batches."""
+def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int, exclude_first_keys: int) -> np.ndarray:
+    """Packed statistics of a ``(unit, row, key)`` block, computed in memory-bounded batches;
+    the first ``exclude_first_keys`` keys of every row are masked (not competitors)."""
     units, rows, keys = block.shape
     flat = block.reshape(units * rows, keys)
-    # About eight float64 arrays the width of a row are alive at once inside pack().
+    if exclude_first_keys:
+        flat = flat.astype(np.result_type(flat.dtype, np.float32), copy=True)
+        flat[:, :exclude_first_keys] = np.nan
+    # pack() holds two float copies of each row (cast, sorted) and its packed output; budgeting
+    # eight float64 rows leaves room for the kernel's row-wide buffers and Dask's own copies.
     batch = max(1, memory_budget // (8 * 8 * max(keys, 1)))
     out = np.concatenate([pack(flat[i : i + batch], grids) for i in range(0, len(flat), batch)])
     return out.reshape(units, rows, grids.width)
@@ -50,8 +64,12 @@ def gap_statistics(
     quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
     row_chunk: int = 256,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_first_keys: int = 0,
 ) -> xr.Dataset:
     """Lazy statistics dataset of a score store (see ``storage`` for the layout).
+
+    ``exclude_first_keys = k`` masks the first ``k`` keys of every row (the attention-sink
+    variant) before the statistics; a row left without a key is an empty row (NaN, ``n_keys = 0``).
 
     Per row: every quantity of :func:`critscale.gapstats.row_statistics`; per ``(unit, n)``:
     quantiles over rows of the scalar quantities (``<name>_quantiles``, ``inverted_cdf`` so that a
@@ -59,6 +77,8 @@ def gap_statistics(
     of tied rows.  Variables of the score store without a ``key`` dimension (predictions) and its
     attributes are carried over, so the statistics store is self-describing.
     """
+    if int(exclude_first_keys) != exclude_first_keys or exclude_first_keys < 0:
+        raise ValueError(f"exclude_first_keys must be an integer >= 0, got {exclude_first_keys!r}")
     values = scores["scores"].data
     units, _, rows, longest = values.shape
     row_chunk = max(1, min(int(row_chunk), rows))
@@ -73,12 +93,16 @@ def gap_statistics(
                 _pack_block,
                 grids,
                 memory_budget,
+                int(exclude_first_keys),
                 dtype=np.float64,
                 chunks=(block.chunks[0], block.chunks[1], (grids.width,)),
                 meta=np.empty((0, 0, 0)),
             )
         )
-    packed = da.stack(per_n, axis=1)  # (unit, n, row, feature)
+    # Zarr chunks of the store: whole blocks merged up to _WRITE_ELEMENTS, because each chunk
+    # write costs milliseconds of fixed overhead (and the values do not depend on the chunking).
+    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width), row_chunk, rows))
+    packed = da.stack(per_n, axis=1).rechunk({2: write_rows})  # (unit, n, row, feature)
 
     coords = {name: coord for name, coord in scores.coords.items() if "key" not in coord.dims}
     coords.update(t=grids.t, r=grids.resolutions, beta=grids.beta, rho=grids.rho)
@@ -107,6 +131,7 @@ def gap_statistics(
         description="rows with a tie at the maximum (Lambda = inf)", units="count"
     )
     stats.attrs = dict(scores.attrs)
+    stats.attrs["statistics_exclude_first_keys"] = int(exclude_first_keys)
     stats.attrs["grids"] = json.dumps({k: getattr(grids, k).tolist() for k in ("t", "resolutions", "beta", "rho")})
     return stats
 
@@ -135,6 +160,94 @@ def dask_scheduler(spec: str, workers: int):
         )
 
 
+#: Name of the block tasks as dask and distributed split keys; graph optimisation may fuse it
+#: with the tasks around it (``pack_block-rechunk-merge-...``), so it is looked for as a part.
+_BLOCK_PREFIX = key_split(_pack_block.__name__)
+
+
+def _is_block(prefix: str) -> bool:
+    return _BLOCK_PREFIX in prefix.split("-")
+
+
+class _Progress:
+    """Logs how many statistics blocks are done, at most every ``interval`` seconds."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def report(self, done: int, total: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self.last >= self.interval:
+            self.last = now
+            log.info("statistics: %d of %d blocks done", done, total)
+
+
+class _LocalProgress(Callback):
+    """Block progress on the local schedulers (threads, processes, synchronous)."""
+
+    def __init__(self, interval: float):
+        super().__init__()
+        self.progress = _Progress(interval)
+        self.done = self.total = 0
+
+    def _start_state(self, dsk, state):
+        self.total = sum(_is_block(key_split(key)) for key in dsk)
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        if _is_block(key_split(key)):
+            self.done += 1
+            self.progress.report(self.done, self.total)
+
+    def _finish(self, dsk, state, errored):
+        self.progress.report(self.done, self.total, final=True)
+
+
+def _scheduler_block_counts(client) -> np.ndarray:
+    """(done, total) statistics blocks a ``distributed`` scheduler has seen, over its lifetime."""
+
+    # Nested, so that it is pickled by value: the scheduler need not have critscale installed.
+    def counts(dask_scheduler, block=_BLOCK_PREFIX):
+        done = total = 0
+        for name, prefix in dask_scheduler.task_prefixes.items():
+            if block in name.split("-"):
+                states = dict(prefix.states)
+                done += sum(states.get(s, 0) for s in ("memory", "released", "forgotten", "erred"))
+                total += sum(states.values())
+        return done, total
+
+    return np.array(client.run_on_scheduler(counts))
+
+
+def run_with_progress(work, spec: str, workers: int) -> None:
+    """Compute ``work`` on the scheduler ``spec`` (see :func:`dask_scheduler`), logging blocks done
+    every :data:`PROGRESS_INTERVAL` seconds and at the end."""
+    interval = PROGRESS_INTERVAL
+    with dask_scheduler(spec, workers) as kwargs:
+        client = kwargs["scheduler"]
+        if isinstance(client, str):
+            with _LocalProgress(interval):
+                dask.compute(work, **kwargs)
+            return
+        from distributed import wait
+
+        progress = _Progress(interval)
+        before = _scheduler_block_counts(client)  # blocks of earlier computations
+
+        def report(final=False):
+            progress.report(*(_scheduler_block_counts(client) - before), final=final)
+
+        future = client.compute(work)
+        while True:
+            try:
+                wait(future, timeout=max(interval, 0.1))
+                break
+            except TimeoutError:
+                report()
+        future.result()  # raises the task's error, if any
+        report(final=True)
+
+
 def compute_statistics_store(
     scores_path,
     out_path,
@@ -145,19 +258,21 @@ def compute_statistics_store(
     scheduler: str = "threads",
     workers: int = 1,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_first_keys: int = 0,
     config: dict | None = None,
 ) -> None:
     """Read a score store, compute its statistics with Dask, write the statistics store."""
     scores = storage.open_store(scores_path)
     stats = gap_statistics(
-        scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget
+        scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget,
+        exclude_first_keys=exclude_first_keys,
     )
     stats.attrs["statistics_provenance"] = storage.provenance(
         config or {},
         scores_store=str(scores_path),
         scores_checksum=storage.store_checksum(scores_path),
         scores_provenance=scores.attrs.get("provenance"),
+        exclude_first_keys=int(exclude_first_keys),
     )
     write = storage.write_dataset(stats, out_path, compute=False)
-    with dask_scheduler(scheduler, workers) as kwargs:
-        dask.compute(write, **kwargs)
+    run_with_progress(write, scheduler, workers)

@@ -1,4 +1,4 @@
-"""Per-row gap statistics of attention scores (``shared/theory.md``, "One row").
+"""Per-row gap statistics of attention scores (``docs/theory.md``, "One row").
 
 Every quantity is computed from the sorted gaps ``D_(1) <= ... <= D_(n)`` of a row, because
 every softmax property of the row depends on the row only through its gap-counting function
@@ -13,19 +13,23 @@ Conventions chosen where the theory is silent (also in the README):
 * A row with one valid key has ``accumulation_scale = 0``, ``contact_gap = NaN``,
   ``contact_exponent = NaN``, ``top_two_gap = 1`` and ``weight_spread = 0``.
   A row with no valid key gives NaN everywhere and ``n_keys = 0``.
+* Input: any integer or floating array with at least one axis; complex, string, object or
+  boolean scores are a ``ValueError``.  Zero rows give empty results (leading shape kept); zero
+  keys give rows with no valid key.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import fill_rows, gaps_of_sorted
+
 # Squarings allowed in a chain exp(-2^j beta D) = exp(-beta D)^(2^j): the relative error grows
 # to about 2^(j+1) ulp, so 16 keeps it below 2e-11.
 _MAX_SQUARINGS = 16
-# Rows per batch are chosen so that a few work arrays stay in a core's L2 cache.
-_CACHE_ELEMENTS = 1 << 17
 
 #: Softmax-response quantities evaluated on each beta grid, in output order.
 RESPONSE_NAMES = ("free_energy", "entropy", "top_two_gap", "weight_spread", "laplace_envelope")
@@ -82,6 +86,11 @@ class Grids:
             raise ValueError("grids 't' and 'resolutions' must be >= 0")
         if np.any(self.beta < 0) or np.any(self.rho < 0):
             raise ValueError("grids 'beta' and 'rho' must be >= 0")
+        object.__setattr__(self, "_chains", {name: doubling_chains(getattr(self, name)) for name in ("beta", "rho")})
+
+    def chains(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`doubling_chains` of grid ``name`` (``beta`` or ``rho``)."""
+        return self._chains[name]
 
     @property
     def width(self) -> int:
@@ -106,57 +115,45 @@ def octave_grid(minimum: float, maximum: float, per_octave: int) -> np.ndarray:
     return grid[grid <= maximum * (1 + 1e-12)]
 
 
-def sorted_gaps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gaps ``D_j = s* - s_j`` of each row, sorted ascending, masked keys as ``+inf``.
-
-    Returns ``(gaps, n_keys)`` with ``gaps`` of shape ``(rows, keys)`` in float64.
-    """
-    x = np.asarray(scores, dtype=np.float64)
-    x = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+def _as_rows(scores) -> np.ndarray:
+    """Scores as a ``(rows, keys)`` float array (float32 kept: its sort is faster and its gaps
+    are computed in float64 all the same); a clear error for what is not real numbers or
+    holds ``+inf``."""
+    x = np.asarray(scores)
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(
+            f"scores must be real numbers (integer or floating dtype), got dtype {x.dtype}; "
+            "complex, string, object and boolean arrays are not accepted"
+        )
+    if x.ndim == 0:
+        raise ValueError("scores must have at least one axis (the last axis holds the keys), got a scalar")
+    exact = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
+    x = x.astype(exact, copy=False).reshape(math.prod(x.shape[:-1]), x.shape[-1])
     if np.isposinf(x).any():
         row = int(np.argwhere(np.isposinf(x))[0, 0])
         raise ValueError(f"scores contain +inf (first in row {row}); mask keys with NaN or -inf")
-    valid = np.isfinite(x)
-    n_keys = valid.sum(axis=1)
-    top = np.max(np.where(valid, x, -np.inf), axis=1, initial=-np.inf)
-    with np.errstate(invalid="ignore"):
-        gaps = np.where(valid, top[:, None] - x, np.inf)
-    gaps.sort(axis=1)
+    return x
+
+
+def sorted_gaps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps ``D_j = s* - s_j`` of each row, sorted ascending, masked keys as ``+inf``.
+
+    Returns ``(gaps, n_keys)`` with ``gaps`` of shape ``(rows, keys)`` in float64.  Zero rows give
+    empty results; zero keys give rows with no visible key (``n_keys = 0``).
+    """
+    ascending = np.sort(_as_rows(scores), axis=1)
+    gaps = np.empty(ascending.shape)
+    n_keys = np.empty(len(ascending), dtype=np.int64)
+    gaps_of_sorted(ascending, gaps, n_keys)
     return gaps, n_keys
-
-
-def _gap_counts(gaps: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``N(t)`` per row: how many sorted gaps are ``<= t``, for each ``t``."""
-    return np.stack([np.searchsorted(row, t, side="right") for row in gaps])
-
-
-def _accumulation(gaps, n_keys, ties, resolutions):
-    """``Lambda``, contact index and resolved scales ``Lambda^(r)`` from sorted gaps."""
-    rows, width = gaps.shape
-    log_count = np.log(np.arange(1, width + 1, dtype=np.float64))
-    positive = (gaps > 0) & np.isfinite(gaps)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.where(positive, log_count / gaps, -np.inf)
-    scale = ratio.max(axis=1, initial=-np.inf)
-    # The sup is attained at the largest gap achieving it: last argmax along the sorted row.
-    contact_index = width - 1 - np.argmax(ratio[:, ::-1] == scale[:, None], axis=1)
-    # Lambda^(r) = max_k (log k - r) / D_(k) over positive gaps with log k > r, else 0: with
-    # 1 / D set to 0 where D is 0 or masked, the excluded terms are <= 0 and the max clips at 0.
-    with np.errstate(divide="ignore", over="ignore"):  # a subnormal gap: 1 / D overflows
-        inverse = np.where(positive, np.minimum(1.0 / gaps, np.finfo(np.float64).max), 0.0)
-    resolved = np.empty((rows, len(resolutions)))
-    for i, r in enumerate(resolutions):
-        best = np.maximum(np.max((log_count - r) * inverse, axis=1, initial=0.0), 0.0)
-        resolved[:, i] = np.where(np.log(np.maximum(ties, 1)) > r, np.inf, best)
-    return scale, contact_index, resolved
 
 
 def doubling_parents(grid: np.ndarray, max_chain: int = _MAX_SQUARINGS) -> np.ndarray:
     """For each grid point, an earlier point at exactly half its value (or -1).
 
-    ``exp(-2 beta D) = exp(-beta D)**2``: one multiplication instead of an exponential, which is
-    25 times dearer here.  Each squaring doubles the relative rounding error, so chains are cut
-    after ``max_chain`` squarings (error below ``2**max_chain`` ulp).
+    ``exp(-2 beta D) = exp(-beta D)**2``: one multiplication instead of an exponential.  Each
+    squaring doubles the relative rounding error, so chains are cut after ``max_chain``
+    squarings (error below ``2**max_chain`` ulp).
     """
     parents = np.full(len(grid), -1)
     depth = np.zeros(len(grid), dtype=int)
@@ -168,70 +165,27 @@ def doubling_parents(grid: np.ndarray, max_chain: int = _MAX_SQUARINGS) -> np.nd
     return parents
 
 
-def _response_grid(gaps, finite_gaps, n_keys, second_gap, last_gap, grid, scale):
-    """Responses at ``beta = grid * scale`` (per row): ``(rows, len(grid), len(RESPONSE_NAMES))``.
+def doubling_chains(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid as chains ``beta, 2 beta, 4 beta, ...`` for the kernel.
 
-    Sums run over the full row width in a fixed order and the envelope is an exact max, so a row's
-    result does not depend on which other rows share its block (chunking invariance).
+    Returns ``(order, starts, nodes)``: ``order`` visits the grid ascending; chain ``c`` is
+    ``nodes[starts[c]:starts[c + 1]]`` (indices into ``grid``), each point exactly twice the one
+    before.  A point whose half already has a successor (a repeated value) starts a new chain.
     """
-    rows, width = gaps.shape
     order = np.argsort(grid, kind="stable")
     parents = doubling_parents(grid[order])
-    out = np.full((rows, len(grid), len(RESPONSE_NAMES)), np.nan)
-    batch = max(1, _CACHE_ELEMENTS // max(width, 1))
-    counts = np.broadcast_to(np.arange(1, width + 1, dtype=np.float64), (min(batch, rows), width)).copy()
-    for start in range(0, rows, batch):
-        part = slice(start, start + batch)
-        g, gf, keys = gaps[part], finite_gaps[part], n_keys[part]
-        index = np.arange(len(g))
-        betas = grid[None, :] * scale[part, None]
-        valid = np.isfinite(betas) & (keys[:, None] > 0)
-        work = np.empty_like(g)
-        children = np.bincount(parents[parents >= 0], minlength=len(grid))
-        kept = {}
-        # As beta grows the maximiser of log N(t) - beta t moves to smaller gaps, so the envelope
-        # at the next beta only needs the columns up to the current maximiser.
-        envelope_width = width
-        for position, b in enumerate(order):
-            beta = betas[:, b]
-            parent = parents[position]
-            if parent >= 0:
-                terms = np.multiply(kept[parent], kept[parent])
-                children[parent] -= 1
-                if not children[parent]:
-                    del kept[parent]
-            else:
-                with np.errstate(invalid="ignore"):
-                    terms = np.exp(np.multiply(g, -beta[:, None]))
-            if children[position]:
-                kept[position] = terms
-            # The top key contributes exactly 1; summing the rest apart keeps F = log1p(rest)
-            # accurate when the other keys carry almost nothing (F ~ 1e-9 at large beta).
-            rest = terms[:, 1:].sum(axis=1)
-            z = 1.0 + rest
-            z1 = np.vecdot(terms, gf)
-            # S(beta) = sup_t log N(t) - beta t = log max_k k exp(-beta D_(k)).
-            head = np.multiply(terms[:, :envelope_width], counts[: len(g), :envelope_width], out=work[:, :envelope_width])
-            argmax = head.argmax(axis=1)
-            peak = head[index, argmax]
-            if np.all((beta > 0) | ~valid[:, b]):  # beta = 0 rows are handled below
-                envelope_width = int(argmax.max()) + 1
-            view = out[part, b]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                view[:, 0] = np.log1p(rest)
-                view[:, 1] = view[:, 0] + beta * z1 / z
-                view[:, 2] = np.where(keys >= 2, -np.expm1(-beta * second_gap[part]), 1.0) / z
-                view[:, 3] = -np.expm1(-beta * last_gap[part]) / z
-                view[:, 4] = np.log(peak)
-            # beta = 0: uniform weights (exp(-0 * inf) above is NaN for masked keys).
-            uniform = beta == 0
-            if uniform.any():
-                log_n = np.log(np.maximum(keys[uniform], 1))
-                view[uniform] = np.stack(
-                    [log_n, log_n, (keys[uniform] == 1).astype(float), np.zeros_like(log_n), log_n], axis=1
-                )
-            view[~valid[:, b]] = np.nan
-    return out
+    chains: list[list[int]] = []
+    chain_of: dict[int, int] = {}
+    for position, parent in enumerate(parents):
+        if parent >= 0 and chains[chain_of[parent]][-1] == order[parent]:
+            chain_of[position] = chain_of[parent]
+        else:
+            chain_of[position] = len(chains)
+            chains.append([])
+        chains[chain_of[position]].append(int(order[position]))
+    starts = np.cumsum([0] + [len(c) for c in chains]).astype(np.int64)
+    nodes = np.array([b for c in chains for b in c], dtype=np.int64)
+    return order.astype(np.int64), starts, nodes
 
 
 def row_statistics(scores: np.ndarray, grids: Grids) -> dict[str, np.ndarray]:
@@ -252,53 +206,12 @@ def pack(scores: np.ndarray, grids: Grids) -> np.ndarray:
     """Per-row quantities packed into one float64 ``(rows, grids.width)`` array.
 
     This is the block function of the chunked stage: one array out keeps the Dask graph to one
-    task per block.
+    task per block.  The work is done by the compiled kernel :func:`critscale.kernels.fill_rows`.
     """
-    gaps, n_keys = sorted_gaps(scores)
-    rows = gaps.shape[0]
-    ties = (gaps == 0).sum(axis=1)
-    scale, contact_index, resolved = _accumulation(gaps, n_keys, ties, grids.resolutions)
-    width = gaps.shape[1]
-    idx = np.arange(rows)
-    contact_count = contact_index + 1.0
-    contact_gap = gaps[idx, contact_index]
-    contact_entropy = np.log(contact_count)
-    tied = ties >= 2
-    scale = np.where(tied, np.inf, scale)
-    contact_gap = np.where(tied, 0.0, contact_gap)
-    contact_entropy = np.where(tied, np.log(np.maximum(ties, 1)), contact_entropy)
-    single = n_keys == 1
-    scale = np.where(single, 0.0, scale)
-    contact_gap = np.where(single, np.nan, contact_gap)
-    contact_entropy = np.where(single, 0.0, contact_entropy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exponent = np.where(single, np.nan, contact_entropy / np.log(n_keys))
-    empty = n_keys == 0
-    for arr in (scale, contact_gap, contact_entropy, exponent):
-        arr[empty] = np.nan
-    resolved[empty] = np.nan
-
-    gap_count = _gap_counts(gaps, grids.t).astype(np.float64)
-    gap_count[empty] = 0.0
-
-    finite_gaps = np.where(np.isfinite(gaps), gaps, 0.0)
-    second_gap = finite_gaps[:, 1] if width > 1 else np.zeros(rows)  # unused below 2 keys
-    last_gap = finite_gaps[idx, np.maximum(n_keys - 1, 0)]
-    absolute = _response_grid(gaps, finite_gaps, n_keys, second_gap, last_gap, grids.beta, np.ones(rows))
-    relative_scale = np.where(np.isfinite(scale), scale, np.nan)  # ties: relative beta undefined
-    relative = _response_grid(gaps, finite_gaps, n_keys, second_gap, last_gap, grids.rho, relative_scale)
-
-    scalars = np.stack([n_keys, ties, scale, contact_gap, exponent, contact_entropy], axis=1).astype(np.float64)
-    return np.concatenate(
-        [
-            scalars,
-            gap_count,
-            resolved,
-            absolute.transpose(0, 2, 1).reshape(rows, -1),
-            relative.transpose(0, 2, 1).reshape(rows, -1),
-        ],
-        axis=1,
-    )
+    ascending = np.sort(_as_rows(scores), axis=1)
+    out = np.full((ascending.shape[0], grids.width), np.nan)
+    fill_rows(ascending, grids.t, grids.resolutions, grids.beta, *grids.chains("beta"), grids.rho, *grids.chains("rho"), out)
+    return out
 
 
 def feature_layout(grids: Grids) -> dict[str, tuple[slice, str | None]]:
