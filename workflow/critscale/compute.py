@@ -23,6 +23,7 @@ from dask.callbacks import Callback
 from dask.utils import key_split
 
 from . import storage
+from .config import model_source_name
 from .gapstats import DESCRIPTIONS, Grids, feature_layout, pack
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def gap_statistics(
     )
     stats.attrs = dict(scores.attrs)
     stats.attrs["statistics_exclude_first_keys"] = int(exclude_first_keys)
+    if exclude_first_keys and "model" in scores.attrs:  # the sink variant is a source of its own
+        stats.attrs["source"] = model_source_name(scores.attrs["model"], scores.attrs["corpus"], int(exclude_first_keys))
     stats.attrs["grids"] = json.dumps({k: getattr(grids, k).tolist() for k in ("t", "resolutions", "beta", "rho")})
     return stats
 

@@ -136,6 +136,22 @@ def model_sources(config: dict) -> dict[str, dict]:
     return sources
 
 
+def extracted_sources(config: dict) -> dict[str, dict]:
+    """The model x corpus pairs whose scores are extracted, ``{model}__{corpus}``: a sink variant
+    reads the scores of its pair and masks its first keys in the statistics stage, so it costs no
+    extraction."""
+    return {
+        model_source_name(run["model"], run["corpus"]): {**run, "exclude_first_keys": 0}
+        for run in model_sources(config).values()
+    }
+
+
+def scores_source(config: dict, source: str) -> str:
+    """The source whose score store ``source``'s statistics read (itself, but for a sink variant)."""
+    run = model_sources(config).get(source)
+    return model_source_name(run["model"], run["corpus"]) if run else source
+
+
 def load(path) -> dict:
     with open(path) as handle:
         return validate(yaml.safe_load(handle))
@@ -236,12 +252,14 @@ def _model_stores(config: dict, per_row: int, units_of) -> list[StoreEstimate]:
     extraction = config.get("extraction", {})
     rows = extraction.get("sequences", 4) * extraction.get("queries", 1)
     estimates = []
-    for source, run in model_sources(config).items():
-        n_ladder = ladder(config["models"][run["model"]]["ladder"])
-        units = units_of(run["model"])
-        keys = ("extraction.sequences", "extraction.queries", f"models.{run['model']}.ladder", "extraction.layers", "extraction.heads")
-        estimates.append(StoreEstimate(f"scores/{source}.zarr", units * rows * sum(n_ladder) * MODEL_SCORE_BYTES, keys))
-        estimates.append(StoreEstimate(f"stats/{source}.zarr", units * rows * len(n_ladder) * per_row, keys))
+    # score stores of the extracted pairs only (sink variants reuse them); statistics of every source
+    for store, sources in (("scores", extracted_sources(config)), ("stats", model_sources(config))):
+        for source, run in sources.items():
+            n_ladder = ladder(config["models"][run["model"]]["ladder"])
+            units = units_of(run["model"])
+            keys = ("extraction.sequences", "extraction.queries", f"models.{run['model']}.ladder", "extraction.layers", "extraction.heads")
+            per_unit_row = sum(n_ladder) * MODEL_SCORE_BYTES if store == "scores" else len(n_ladder) * per_row
+            estimates.append(StoreEstimate(f"{store}/{source}.zarr", units * rows * per_unit_row, keys))
     return estimates
 
 

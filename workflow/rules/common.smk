@@ -13,6 +13,8 @@ study_config.validate(config)
 RESULTS = config["results"]
 FAMILIES = list(config["families"])
 MODEL_RUNS = study_config.model_sources(config)
+# Model x corpus pairs whose scores are extracted (a sink variant reuses its pair's scores).
+EXTRACTED = study_config.extracted_sources(config)
 SOURCES = FAMILIES + list(MODEL_RUNS)
 
 study_config.validate_model_sources(config)
@@ -31,6 +33,7 @@ wildcard_constraints:
     family="|".join(FAMILIES) or "(?!)",
     model="|".join(config.get("models", {})) or "(?!)",
     model_source="|".join(MODEL_RUNS) or "(?!)",
+    extracted="|".join(EXTRACTED) or "(?!)",
     source="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
@@ -104,8 +107,19 @@ def model_spec(model):
 
 
 def converted_model(wildcards):
-    model = MODEL_RUNS[wildcards.model_source]["model"]
+    model = EXTRACTED[wildcards.extracted]["model"]
     return [result("models", model)] if is_gguf(model) else []
+
+
+# used by statistics.smk
+def scores_of(wildcards):
+    """The score store a source's statistics read (a sink variant reads its pair's)."""
+    return result("scores", f"{study_config.scores_source(config, wildcards.source)}.zarr")
+
+
+def excluded_keys(wildcards):
+    """Keys at the start of every row that the statistics treat as masked (attention sinks)."""
+    return MODEL_RUNS.get(wildcards.source, {}).get("exclude_first_keys", 0)
 
 
 # used by figures.smk

@@ -40,20 +40,20 @@ rule model_scores:
     input:
         converted_model,
     output:
-        directory(result("scores", "{model_source}.zarr")),
+        directory(result("scores", "{extracted}.zarr")),
     log:
-        result("logs", "model_scores", "{model_source}.log"),
+        result("logs", "model_scores", "{extracted}.log"),
     benchmark:
-        result("benchmarks", "model_scores", "{model_source}.tsv")
+        result("benchmarks", "model_scores", "{extracted}.tsv")
     conda:
         "../envs/critscale.yaml"
     threads: 2
     resources:
         mem_mb=8000,
     params:
-        run=lambda wildcards: canonical(MODEL_RUNS[wildcards.model_source]),
-        model=lambda wildcards: model_spec(MODEL_RUNS[wildcards.model_source]["model"]),
-        corpus=lambda wildcards: canonical(config["corpora"][MODEL_RUNS[wildcards.model_source]["corpus"]]),
+        run=lambda wildcards: canonical(EXTRACTED[wildcards.extracted]),
+        model=lambda wildcards: model_spec(EXTRACTED[wildcards.extracted]["model"]),
+        corpus=lambda wildcards: canonical(config["corpora"][EXTRACTED[wildcards.extracted]["corpus"]]),
         extraction=canonical(config.get("extraction", {})),
         seed=config["seed"],
     script:

@@ -3,7 +3,7 @@
 
 rule statistics:
     input:
-        result("scores", "{source}.zarr"),
+        scores_of,
     output:
         directory(result("stats", "{source}.zarr")),
     log:
@@ -19,5 +19,6 @@ rule statistics:
         grids=canonical(config["grids"]),
         quantiles=config["quantiles"],
         compute=canonical(config["compute"]),
+        exclude_first_keys=excluded_keys,
     script:
         "../scripts/statistics.py"

@@ -14,5 +14,6 @@ compute.compute_statistics_store(
     scheduler=settings["scheduler"],
     workers=snakemake.threads,
     memory_budget=settings.get("memory_budget_mb", 64) * 2**20,
+    exclude_first_keys=snakemake.params.exclude_first_keys,
     config={"grids": snakemake.params.grids, "quantiles": snakemake.params.quantiles, "compute": settings},
 )
