@@ -232,12 +232,11 @@ def model_units(config: dict, model: str) -> int:
 
 
 def _gguf_shape(path: str) -> tuple[int, int]:
-    """Layers and attention heads from a GGUF header (transformers would parse the tensors too)."""
-    import gguf
+    """Layers and attention heads from a GGUF header (nothing else of the file is read)."""
+    from . import model_loading
 
-    fields = gguf.GGUFReader(path).fields
-    arch = fields["general.architecture"].contents()
-    return int(fields[f"{arch}.block_count"].contents()), int(fields[f"{arch}.attention.head_count"].contents())
+    _, fields = model_loading.gguf_architecture_fields(path, ("block_count", "attention.head_count"))
+    return int(fields["block_count"]), int(fields["attention.head_count"])
 
 
 def _config_shape(source: dict, spec: dict) -> tuple[int, int]:
@@ -250,13 +249,14 @@ def _config_shape(source: dict, spec: dict) -> tuple[int, int]:
 
 def _model_stores(config: dict, per_row: int, units_of) -> list[StoreEstimate]:
     extraction = config.get("extraction", {})
-    rows = extraction.get("sequences", 4) * extraction.get("queries", 1)
     estimates = []
     # score stores of the extracted pairs only (sink variants reuse them); statistics of every source
     for store, sources in (("scores", extracted_sources(config)), ("stats", model_sources(config))):
         for source, run in sources.items():
             n_ladder = ladder(config["models"][run["model"]]["ladder"])
             units = units_of(run["model"])
+            sequences = config["models"][run["model"]].get("sequences", extraction.get("sequences", 4))
+            rows = sequences * extraction.get("queries", 1)
             keys = ("extraction.sequences", "extraction.queries", f"models.{run['model']}.ladder", "extraction.layers", "extraction.heads")
             per_unit_row = sum(n_ladder) * MODEL_SCORE_BYTES if store == "scores" else len(n_ladder) * per_row
             estimates.append(StoreEstimate(f"{store}/{source}.zarr", units * rows * per_unit_row, keys))

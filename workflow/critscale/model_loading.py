@@ -159,10 +159,12 @@ def _gguf_value(handle, value_type: int):
     return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))[0]
 
 
-def gguf_header(path) -> tuple[str, int | None]:
-    """``(general.architecture, context length)`` from a GGUF file's key-value header.
+def gguf_architecture_fields(path, names=("context_length",)) -> tuple[str, dict]:
+    """``(general.architecture, {name: value})`` for the ``{architecture}.{name}`` keys of a GGUF
+    file's key-value header (missing keys are left out).
 
-    Reads only the header, so the first chunk of a GGUF split into chunk packages suffices."""
+    Reads only the header, and stops once every name is found, so the first chunk of a GGUF split
+    into chunk packages suffices and the tokenizer's long arrays are usually never read."""
     with open(path, "rb") as handle:
         magic, _version, _tensors, n_keys = struct.unpack("<4sIQQ", handle.read(24))
         if magic != b"GGUF":
@@ -174,12 +176,18 @@ def gguf_header(path) -> tuple[str, int | None]:
             (value_type,) = struct.unpack("<I", handle.read(4))
             values[key] = _gguf_value(handle, value_type)
             arch = values.get("general.architecture")
-            if arch is not None and f"{arch}.context_length" in values:
+            if arch is not None and all(f"{arch}.{name}" in values for name in names):
                 break
     if "general.architecture" not in values:
         raise ModelSpecError(f"GGUF file {path} has no general.architecture")
     arch = str(values["general.architecture"])
-    ctx = values.get(f"{arch}.context_length")
+    return arch, {name: values[f"{arch}.{name}"] for name in names if f"{arch}.{name}" in values}
+
+
+def gguf_header(path) -> tuple[str, int | None]:
+    """``(general.architecture, context length)`` from a GGUF file's key-value header."""
+    arch, fields = gguf_architecture_fields(path)
+    ctx = fields.get("context_length")
     return arch, (int(ctx) if ctx is not None else None)
 
 

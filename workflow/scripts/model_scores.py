@@ -10,7 +10,7 @@ summary = extraction.extract_to_store(
     snakemake.params.corpus,
     snakemake.output[0],
     n_ladder=study_config.ladder(snakemake.params.model["ladder"]),
-    sequences=settings.get("sequences", 4),
+    sequences=snakemake.params.model.get("sequences", settings.get("sequences", 4)),
     queries=settings.get("queries", 1),
     layers=settings.get("layers"),
     heads=settings.get("heads"),
