@@ -74,20 +74,12 @@ def all_targets():
 # used by models.smk
 def is_gguf(model):
     spec = config["models"][model]
-    return (
-        "gguf_file" in spec
-        or spec.get("path", "").endswith(".gguf")
-        or model_loading.needs_assembly(spec)
-    )
+    return "gguf_file" in spec or spec.get("path", "").endswith(".gguf") or model_loading.needs_assembly(spec)
 
 
 def assembled_gguf(model):
     """The GGUF assembled from a chunk package, or nothing for any other model entry."""
-    return (
-        [result("models", f"{model}.gguf")]
-        if model_loading.needs_assembly(config["models"][model])
-        else []
-    )
+    return [result("models", f"{model}.gguf")] if model_loading.needs_assembly(config["models"][model]) else []
 
 
 def gguf_spec(model):

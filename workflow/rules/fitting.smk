@@ -34,15 +34,15 @@ rule fit_table:
 rule coverage:
     output:
         result("tables", "coverage.csv"),
-    params:
-        fitting=canonical(config["fitting"]),
-        seed=config["seed"],
     log:
         result("logs", "coverage.log"),
     benchmark:
         result("benchmarks", "coverage.tsv")
-    threads: 2
     conda:
         "../envs/critscale.yaml"
+    threads: 2
+    params:
+        fitting=canonical(config["fitting"]),
+        seed=config["seed"],
     script:
         "../scripts/coverage_table.py"

@@ -6,9 +6,7 @@ rule theory_check:
     input:
         stats=expand(result("stats", "{family}.zarr"), family=FAMILIES),
         fits=expand(result("fits", "{family}.csv"), family=FAMILIES),
-        model_stats=expand(
-            result("stats", "{model_source}.zarr"), model_source=MODEL_RUNS
-        ),
+        model_stats=expand(result("stats", "{model_source}.zarr"), model_source=MODEL_RUNS),
     output:
         comparison=result("tables", "theory_check.csv"),
         violations=result("tables", "theorem_violations.csv"),
@@ -16,9 +14,9 @@ rule theory_check:
         result("logs", "theory_check.log"),
     benchmark:
         result("benchmarks", "theory_check.tsv")
-    resources:
-        mem_mb=2000,
     conda:
         "../envs/critscale.yaml"
+    resources:
+        mem_mb=2000,
     script:
         "../scripts/theory_check.py"
