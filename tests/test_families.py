@@ -232,9 +232,9 @@ def test_quantile_row_local_slopes_of_theory(family, params, low, high, expected
 
 
 def test_shrinking_gap_slopes_are_about_two():
-    """theory.md: 2.0-2.1 throughout.  With the explicit maximum kept (this module's quantile
-    row) the slope rises from 1.93 to 2.0; theory.md's 2.0-2.1 is the row of n quantile values
-    without the explicit maximum.  Both are checked."""
+    """docs/theory.md: with the explicit maximum kept (this module's quantile row) the slope rises
+    from 1.93 to 2.0; rows of n quantile values without that maximum give 2.0-2.1.  Both are
+    checked."""
     slopes = [quantile_slope("shrinking_gaps", {"c": 1.0}, lo, hi) for lo, hi in ((8, 12), (12, 16), (20, 30))]
     assert all(1.9 <= s <= 2.05 for s in slopes) and slopes == sorted(slopes)
     fam = families.make_family("shrinking_gaps", {"c": 1.0})
