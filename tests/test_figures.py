@@ -192,6 +192,21 @@ def test_xi_heatmap_marks_intervals_excluding_one_and_unfitted_heads(model_fits,
         figures.xi_heatmap(fit_rows("gaussian", "family", ["gaussian"], [0.77]))
 
 
+def gemma_like(fits: pd.DataFrame) -> pd.DataFrame:
+    """Fits of a model whose layers are sliding-window ones but every sixth (Gemma 3's layout)."""
+    local = fits["layer"].astype(int) % 6 != 5
+    return fits.assign(layer_type=np.where(local, "sliding_attention", "full_attention"), window=np.where(local, 512, 0))
+
+
+def test_xi_heatmap_labels_sliding_window_layers(model_fits):
+    ax = figures.xi_heatmap(gemma_like(model_fits)).axes[0]
+    labels = [label.get_text() for label in ax.get_yticklabels()]
+    layers = sorted(model_fits["layer"].astype(int).unique())
+    assert labels == [f"{layer} local" if layer % 6 != 5 else str(layer) for layer in layers]
+    plain = [label.get_text() for label in figures.xi_heatmap(model_fits).axes[0].get_yticklabels()]
+    assert not any("local" in label for label in plain)
+
+
 def test_law_winners_counts_units_and_shows_frequencies(model_fits, tmp_path):
     model_fits.loc[0, "law_winner"] = "undecided"
     fig = figures.law_winners(model_fits)
@@ -360,7 +375,7 @@ def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, nar
         "collapse": [lambda: figures.collapse(family_stats), lambda: figures.collapse(big_model_stats)],
         "collapse_by_layer": [lambda: figures.collapse_by_layer(big_model_stats)],
         "exponent_table": [lambda: figures.exponent_table(study_family_fits())],
-        "xi_heatmap": [lambda: figures.xi_heatmap(big_model_fits)],
+        "xi_heatmap": [lambda: figures.xi_heatmap(big_model_fits), lambda: figures.xi_heatmap(gemma_like(big_model_fits))],
         "law_winners": [lambda: figures.law_winners(pd.concat([big_model_fits, small_fits]))],
         "rule_drift": [lambda: figures.rule_drift(prescriptions.rule_drift(big_model_stats, training_length=128))],
         "operating_points": [lambda: figures.operating_points(prescriptions.operating_points(big_model_stats)),

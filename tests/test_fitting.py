@@ -262,6 +262,21 @@ def test_headline_counts_decided_laws_and_undecided_units():
     np.testing.assert_allclose(frequencies.sum(axis=1), 1.0)
 
 
+def test_local_and_global_layers_are_fitted_and_summarised_apart():
+    stats = log_law_stats([0.0, 0.0, 1.0, 1.0], n_sequences=8, rows_per_sequence=2, sigma=0.05, seed=3)
+    stats = stats.assign_coords(layer_type=("unit", ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]),
+                                window=("unit", [512, 512, 0, 0]))
+    fits = fit_source(stats, n_boot=100)
+    assert list(fits["layer_type"]) == ["sliding_attention"] * 2 + ["full_attention"] * 2
+    assert list(fits["window"]) == [512, 512, 0, 0]
+    summary = headline(fits).set_index("layers")
+    assert sorted(summary.index) == ["full_attention", "sliding_attention"]
+    assert summary.loc["sliding_attention", "units"] == summary.loc["full_attention", "units"] == 2
+    assert summary.loc["sliding_attention", "median_xi"] < 0.5 < summary.loc["full_attention", "median_xi"]
+    # a source without layer types keeps one row
+    assert list(headline(fit_source(log_law_stats([1.0], n_sequences=8, seed=3), n_boot=50))["layers"]) == ["all"]
+
+
 def test_resampled_medians_do_not_depend_on_threads():
     import numba
 

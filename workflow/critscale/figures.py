@@ -491,7 +491,8 @@ def _model_fits(fits: pd.DataFrame) -> pd.DataFrame:
 def xi_heatmap(fits: pd.DataFrame) -> Figure:
     """``xi`` per layer (rows) and head (columns), one panel per model x corpus source.
 
-    Diverging colours centred on ``xi = 1`` (the ``log n`` law); ``*`` marks heads whose
+    Diverging colours centred on ``xi = 1`` (the ``log n`` law); sliding-window layers are
+    labelled ``local`` on the layer axis; ``*`` marks heads whose
     ``xi != 1`` is a discovery at the study's false-discovery rate (``discovery`` of the fit
     table; the raw ``excludes_one`` where a table has no such column); grey cells were not fitted (tied or degenerate heads).
     """
@@ -523,9 +524,19 @@ def xi_heatmap(fits: pd.DataFrame) -> Figure:
                         cbar_kws={"label": r"$\xi$  (1 = $\log n$ law)", "shrink": 0.8})
         if annotate:  # say why a head was not fitted
             _label_blank_cells(ax, xi.values, status.values)
+        _mark_sliding_layers(ax, table, xi.index)
         ax.grid(False)
         ax.set(xlabel="head", ylabel="layer", title=f"{source}: $\\xi$ per head\n(* $\\xi \\neq 1$ after FDR control)")
     return fig
+
+
+def _mark_sliding_layers(ax, table: pd.DataFrame, layers) -> None:
+    """Label sliding-window (local) layers on the layer axis, so they are not read as global ones."""
+    if "layer_type" not in table or not (table["layer_type"] == "sliding_attention").any():
+        return
+    sliding = set(table.loc[table["layer_type"] == "sliding_attention", "layer"].astype(int))
+    ax.set_yticks(np.arange(len(layers)) + 0.5,
+                  [f"{layer} local" if layer in sliding else str(layer) for layer in layers], rotation=0)
 
 
 @_styled

@@ -100,11 +100,14 @@ def _tied_rows(stats: xr.Dataset) -> np.ndarray:
 
 
 def unit_labels(stats: xr.Dataset) -> pd.DataFrame:
-    """``unit``, ``layer``, ``head`` per unit (NaN layer/head where the source has none)."""
+    """``unit``, ``layer``, ``head``, ``layer_type`` and ``window`` per unit (NaN where the source
+    has none; ``layer_type`` is ``sliding_attention`` or ``full_attention`` for model heads, so
+    local and global layers can be told apart)."""
     labels = {"unit": [str(u) for u in stats["unit"].values]}  # zarr 3 gives StringDType labels
-    for name in ("layer", "head"):
+    for name in ("layer", "head", "layer_type", "window"):
         if name in stats.coords and stats[name].dims == ("unit",):
-            labels[name] = stats[name].values
+            values = stats[name].values
+            labels[name] = values.astype(str) if name == "layer_type" else values
         else:
             labels[name] = np.full(stats.sizes["unit"], np.nan)
     return pd.DataFrame(labels)
@@ -381,14 +384,16 @@ def _count(flags: pd.Series) -> int:
 
 
 def headline(fits: pd.DataFrame) -> pd.DataFrame:
-    """One row per source: units with a point ``xi`` and with an interval, the median ``xi``, the
+    """One row per source (and per ``layer_type`` of a model with sliding-window and global
+    layers, which are kept apart): units with a point ``xi`` and with an interval, the median ``xi``, the
     paper's claim (``xi = 1`` is not universal) as the FDR-controlled fraction of units with
     ``xi != 1`` (``fraction_excluding_one_fdr``) next to the raw, uncontrolled fraction whose
     interval excludes 1 (``fraction_excluding_one_raw``) and the false discoveries to expect of
     each, and per law the units it wins decidedly (``won_by_<law>``), the undecided units and the
     law's mean winning frequency over resamples."""
     rows = []
-    for source, table in fits.groupby("source", sort=False):
+    layer_type = fits["layer_type"] if "layer_type" in fits else pd.Series(np.nan, index=fits.index)
+    for (source, layers), table in fits.groupby([fits["source"], layer_type.fillna("all")], sort=False):
         with_xi = table[np.isfinite(table["xi"].astype(float))]
         with_interval = table[table["excludes_one"].notna()]
         tested = table[table["discovery"].notna()]
@@ -397,6 +402,7 @@ def headline(fits: pd.DataFrame) -> pd.DataFrame:
         row = {
             "source": source,
             "kind": table["kind"].iloc[0],
+            "layers": layers,
             "units": len(table),
             "fitted_units": len(with_xi),
             "units_with_interval": len(with_interval),
