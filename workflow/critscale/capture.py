@@ -86,19 +86,57 @@ def critscale_attention_forward(module, query, key, value, attention_mask, **kwa
     if mode == "sdpa" and kwargs.get("softcap") is None:
         output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     else:
-        output, weights = _model_eager(module)(module, query, key, value, attention_mask, **kwargs)
+        eager_bias = _additive_mask(module, query, key, attention_mask)
+        output, weights = _model_eager(module)(module, query, key, value, eager_bias, **kwargs)
     if capture is not None:
         capture.record(module, query, key, attention_mask, kwargs, weights)
     return output, weights
 
 
+def _visible_keys(module, attention_mask, query_length: int, key_length: int, device):
+    """Boolean ``(..., query, key)`` visibility from the mask the model built; ``None`` (SDPA's
+    causal fast path needs no mask) means causal for a causal module and all keys otherwise."""
+    import torch
+
+    if attention_mask is None:
+        if not getattr(module, "is_causal", False):
+            return torch.ones((1, 1, query_length, key_length), dtype=torch.bool, device=device)
+        keys = torch.arange(key_length, device=device)
+        causal = keys[None, :] <= torch.arange(query_length, device=device)[:, None] + (key_length - query_length)
+        return causal[None, None]
+    mask = attention_mask[..., :key_length]
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
+def _additive_mask(module, query, key, attention_mask):
+    """The float mask an eager attention function adds to its logits (SDPA's mask is boolean or None)."""
+    import torch
+
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        return attention_mask
+    visible = _visible_keys(module, attention_mask, query.shape[2], key.shape[2], query.device)
+    blocked = torch.tensor(torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device)
+    return torch.where(visible, torch.zeros((), dtype=query.dtype, device=query.device), blocked)
+
+
+def _mask(*args, **kwargs):
+    """SDPA's mask (``None`` where its causal kernel needs none, no ``n x n`` tensor) while a capture
+    continues with SDPA; the eager float mask otherwise (the self-check's reference forward)."""
+    from transformers.masking_utils import eager_mask, sdpa_mask
+
+    capture = _ACTIVE[-1] if _ACTIVE else None
+    if capture is not None and capture.mode == "sdpa":
+        return sdpa_mask(*args, **kwargs)
+    return eager_mask(*args, **kwargs)
+
+
 def register_attention() -> None:
     """Register ``"critscale"`` in the attention-function and the mask-function registries."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_NAME, critscale_attention_forward)
-    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+    AttentionMaskInterface.register(ATTN_NAME, _mask)
 
 
 @contextmanager
@@ -165,13 +203,10 @@ class _Capture:
         rows = torch.matmul(q, k.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
         if kwargs.get("softcap") is not None:
             rows = torch.tanh(rows / kwargs["softcap"]) * kwargs["softcap"]
-        if attention_mask is not None:
-            mask = self._select(attention_mask[..., : k.shape[2]])
-            if mask.dtype == torch.bool:
-                visible, bias = mask, 0.0
-            else:
-                visible, bias = mask > torch.finfo(mask.dtype).min / 2, mask.to(wide)
-            rows = torch.where(visible.expand_as(rows), rows + bias, float("nan"))
+        visible = self._select(_visible_keys(module, attention_mask, query.shape[2], k.shape[2], rows.device))
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            rows = rows + self._select(attention_mask[..., : k.shape[2]]).to(wide)  # e.g. ALiBi-style biases
+        rows = torch.where(visible.expand_as(rows), rows, float("nan"))
         probabilities = self._select(weights).to(wide) if self.mode == "reference" else None
         self.sink(layer, rows, probabilities)
 
