@@ -134,6 +134,18 @@ def test_log_prob_error_on_masks():
     assert cap.log_prob_error(logits, underflowed) == math.inf
 
 
+def test_log_prob_error_does_not_read_digits_a_subnormal_reference_lacks():
+    # p = exp(-100) ~ 4e-44 is subnormal in float32: only a few significant bits survive.
+    logits = torch.tensor([[0.0, -1.0, -100.0]], dtype=torch.float64)
+    reference = torch.softmax(logits.float(), -1)
+    assert 0 < reference[0, 2] < torch.finfo(torch.float32).tiny
+    assert cap.log_prob_error(logits, torch.log(reference.double())) <= F32
+    # a capture that gives that key a normal probability is still caught
+    wrong = logits.clone()
+    wrong[0, 2] = -20.0
+    assert cap.log_prob_error(wrong, torch.log(reference.double())) == math.inf
+
+
 def perturb_least_likely_key(rows, amount):
     """Add ``amount`` to the logit of each row's least likely visible key."""
     key = torch.nan_to_num(rows, nan=math.inf).argmin(-1, keepdim=True)

@@ -258,7 +258,8 @@ def log_prob_error(logits, log_reference):
 
     ``logits`` (``..., K``; NaN = masked key), ``log_reference`` (``-inf`` = masked or underflowed
     to 0).  A key the capture masks but the reference gives weight, or one the reference underflows
-    while the capture gives it a representable probability, makes the error infinite."""
+    (to 0 or a subnormal, whose few significant bits say nothing about the logit) while the capture
+    gives it a normal probability, makes the error infinite."""
     import torch
 
     visible = torch.isfinite(logits)
@@ -266,10 +267,13 @@ def log_prob_error(logits, log_reference):
     present = torch.isfinite(log_reference)
     if (present & ~visible).any():
         return math.inf
-    smallest = math.log(torch.finfo(torch.float32).tiny) + 2.0
-    if (visible & ~present & (log_p > smallest)).any():
+    # A reference probability below the smallest normal float32 (0 or subnormal) has lost its
+    # significant bits: such a key is only required to be as small in the capture.
+    tiny = math.log(torch.finfo(torch.float32).tiny)
+    normal = log_reference >= tiny
+    if (visible & ~normal & (log_p > tiny + 2.0)).any():
         return math.inf
-    both = visible & present
+    both = visible & normal
     scale = torch.where(visible, logits.abs(), 0.0).amax(-1, keepdim=True).clamp(min=1.0)
     error = torch.where(both, (log_p - log_reference).abs() / scale, 0.0)
     return float(error.max()) if error.numel() else 0.0
