@@ -9,7 +9,7 @@ share.pack_bundle(
     snakemake.output.bundle,
     stats=dict(zip(sources, snakemake.input.stats)),
     scores=dict(zip(sources, snakemake.input.scores)) if snakemake.input.scores else None,
-    coverage_table=snakemake.input.coverage[0] if snakemake.input.coverage else None,
+    coverage_table=snakemake.input.coverage,
     fits_table=snakemake.input.fits,
     headline_table=snakemake.input.headline,
     config=snakemake.params.study,
