@@ -109,4 +109,7 @@ def test_operating_points_classify_rho_at_beta_one():
     assert list(first_length["regime"]) == ["supercritical", "critical", "subcritical", "tied"]
     np.testing.assert_allclose(first_length["rho_at_beta1"], [5.0, 1.0, 0.2, 0.0])
     assert len(points) == 4 * len(LADDER)
-    assert list(points.columns[:7]) == ["source", "unit", "layer", "head", "n", "median_lambda", "rho_at_beta1"]
+    assert list(points.columns[:9]) == [
+        *["source", "unit", "layer", "head", "layer_type", "window"],
+        *["n", "median_lambda", "rho_at_beta1"],
+    ]

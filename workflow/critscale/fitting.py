@@ -393,7 +393,8 @@ def headline(fits: pd.DataFrame) -> pd.DataFrame:
     law's mean winning frequency over resamples."""
     rows = []
     layer_type = fits["layer_type"] if "layer_type" in fits else pd.Series(np.nan, index=fits.index)
-    for (source, layers), table in fits.groupby([fits["source"], layer_type.fillna("all")], sort=False):
+    layers_of = layer_type.astype(object).where(layer_type.notna(), "all")
+    for (source, layers), table in fits.groupby([fits["source"], layers_of], sort=False):
         with_xi = table[np.isfinite(table["xi"].astype(float))]
         with_interval = table[table["excludes_one"].notna()]
         tested = table[table["discovery"].notna()]

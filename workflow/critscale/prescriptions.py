@@ -78,7 +78,7 @@ def _medians(stats_or_medians: xr.Dataset) -> xr.Dataset:
 
 
 def _unit_columns(medians: xr.Dataset) -> pd.DataFrame:
-    """``source, unit, layer, head`` per unit."""
+    """``source, unit, layer, head, layer_type, window`` per unit."""
     labels = unit_labels(medians)
     labels.insert(0, "source", medians.attrs.get("source", ""))
     return labels
@@ -169,7 +169,7 @@ def recommendations(
 def operating_points(stats_or_medians: xr.Dataset, band: tuple[float, float] = OPERATING_BAND) -> pd.DataFrame:
     """Where the model's own ``beta = 1`` sits relative to criticality, per unit and ``n``.
 
-    Columns: ``source, unit, layer, head, n, median_lambda, rho_at_beta1`` (``1 / median
+    Columns: ``source, unit, layer, head, layer_type, window, n, median_lambda, rho_at_beta1`` (``1 / median
     Lambda``), ``regime`` (``subcritical`` below ``band``, ``critical`` inside it,
     ``supercritical`` above it, ``tied`` for an infinite median; missing for a NaN median),
     ``tied_fraction``.
