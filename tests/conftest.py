@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from critscale.gapstats import Grids, row_statistics
+from tiny_study import snakemake
 
 GRID_DIMS = {"gap_count": "t", "resolved_scale": "r"}
 
@@ -88,3 +89,13 @@ def build_family_stats(name: str, spec: dict, n_ladder, rows: int, grids: Grids,
 def family_stats():
     """The builder :func:`build_family_stats`."""
     return build_family_stats
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The results folder of one finished default run of the tiny study, shared by the workflow,
+    crash and report tests (a full run costs minutes). Tests may add targets to it (share,
+    verify, a report) but copy it before changing what is there."""
+    results = tmp_path_factory.mktemp("tiny_study") / "results"
+    snakemake(results=results)
+    return results

@@ -6,7 +6,6 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,16 +14,9 @@ import pytest
 import zarr
 
 from critscale import storage
+from tiny_study import ROOT, snakemake_command
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 pytestmark = pytest.mark.slow
-
-
-def plain_snakemake(results: Path) -> list[str]:
-    """`snakemake --cores 2` on the tiny study: the config is chosen, nothing about resuming."""
-    return [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(TINY),
-            "--replace-workflow-config", "--config", f"results={results}"]
 
 
 def incomplete_outputs(results: Path) -> list[str]:
@@ -39,7 +31,7 @@ def incomplete_outputs(results: Path) -> list[str]:
 def kill_group_when_a_job_of(rules: tuple[str, ...], results: Path, timeout: float = 300) -> None:
     """Start the run in its own session and SIGKILL its whole process group as soon as a job of
     ``rules`` has started writing (its log folder exists and an output is marked incomplete)."""
-    process = subprocess.Popen(plain_snakemake(results), cwd=ROOT, start_new_session=True,
+    process = subprocess.Popen(snakemake_command(results=results), cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     try:
@@ -65,16 +57,14 @@ def store_contents(results: Path) -> dict[str, dict]:
     return contents
 
 
-def test_killed_run_resumes_with_a_plain_rerun_to_identical_stores(tmp_path):
-    reference = tmp_path / "reference"
-    subprocess.run(plain_snakemake(reference), cwd=ROOT, check=True, capture_output=True)
-
+def test_killed_run_resumes_with_a_plain_rerun_to_identical_stores(tmp_path, tiny_study):
+    reference = tiny_study  # an uninterrupted run
     crashed = tmp_path / "crashed"
     kill_group_when_a_job_of(("statistics", "model_scores"), crashed)
     assert list((ROOT / ".snakemake" / "locks").glob("*.lock")), "the kill should leave Snakemake's lock behind"
     assert incomplete_outputs(crashed), "the kill should leave a store half-written"
 
-    rerun = subprocess.run(plain_snakemake(crashed), cwd=ROOT, capture_output=True, text=True)
+    rerun = subprocess.run(snakemake_command(results=crashed), cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "removed the stale lock" in rerun.stderr
     assert not incomplete_outputs(crashed)

@@ -7,38 +7,26 @@ The screenshot and the probe's findings are kept in test-artifacts/ for inspecti
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from report_check import chromium_probe, find_chromium, report_data, report_problems
+from tiny_study import snakemake
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 ARTIFACTS = REPO / "test-artifacts"
 SECTIONS = ("Theory check", "Synthetic families")
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(results: Path, *arguments: str) -> None:
-    command = [*SNAKEMAKE, "--cores", "2", "--configfile", str(TINY_CONFIG), "--replace-workflow-config",
-               "--config", f"results={results}", *arguments]
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stderr[-6000:]}"
 
 
 @pytest.mark.slow
-def test_report_of_the_tiny_study_loads_in_chromium(tmp_path):
+def test_report_of_the_tiny_study_loads_in_chromium(tmp_path, tiny_study):
     chromium = find_chromium()
     if chromium is None:
         pytest.fail("headless Chromium is required for the report test and was not found; "
                     "install it (apt-get update && apt-get install -y chromium)")
-    results = tmp_path / "results"
-    snakemake(results)
     report = tmp_path / "report.html"
-    snakemake(results, "--report", str(report))
+    snakemake("--report", str(report), results=tiny_study)
 
     problems = report_problems(report, required_categories=SECTIONS, min_figures=4)
     assert problems == [], "\n".join(problems)

@@ -21,7 +21,8 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     ladder = [16, 32, 64, 128]
     storage.create_scores_store(root / "scores.zarr", units=["g", "h"], n_ladder=ladder, sequence=np.arange(12),
-                                attrs={"source": "g", "kind": "family"})
+                                attrs={"source": "g", "kind": "family"},
+                                unit_coords={"layer_type": np.array(["sliding_attention", "full_attention"])})
     rng = np.random.default_rng(0)
     for i, n in enumerate(ladder):
         storage.write_scores(root / "scores.zarr", rng.normal(size=(2, 12, n)), unit=slice(None), n_index=i, rows=slice(None))
@@ -120,6 +121,18 @@ def test_directory_format_opens_and_verifies(study, tmp_path):
     assert xr.open_zarr(out, group="aggregates/g").accumulation_scale_quantiles.shape == (3, 2, 4)
 
 
+def test_text_is_stored_as_variable_length_utf8(study, tmp_path):
+    """Zarr's fixed-width UTF-32 type has no Zarr 3 specification (other libraries may not read it)."""
+    out = pack(study, tmp_path / "bundle.zarr", fmt="directory")
+    types = {
+        str(meta.parent.relative_to(root)): json.loads(meta.read_text()).get("data_type")
+        for root in (study / "scores.zarr", study / "stats.zarr", out)
+        for meta in root.rglob("zarr.json")
+    }
+    assert types["layer_type"] == "string" and types["unit"] == "string"
+    assert not [name for name, kind in types.items() if kind == "fixed_length_utf32"]
+
+
 def test_every_bundle_verifies_and_a_flipped_byte_is_named(bundles, tmp_path):
     for bundle in bundles.values():
         assert verify.verify_store(bundle) == []
@@ -155,5 +168,5 @@ def test_chunks_split_until_they_fit():
 def test_bundle_is_also_written_to_an_fsspec_url(study, tmp_path):
     pack(study, tmp_path / "bundle.zarr.zip", url="memory://critscale-test/bundle.zarr")
     remote = xr.open_zarr("memory://critscale-test/bundle.zarr", group="headline").load()
-    assert list(remote.source.values) == ["g"]
+    assert list(remote.source.values) == ["g", "g"]  # one row per layer type
     assert verify.verify_store("memory://critscale-test/bundle.zarr") == []

@@ -2,7 +2,6 @@
 statistics for any --cores and for an interrupted-then-resumed run."""
 
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -15,30 +14,9 @@ import pytest
 import yaml
 
 from critscale import storage
+from tiny_study import TINY, planned_jobs, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 pytestmark = pytest.mark.slow
-
-
-def snakemake(*args, config=TINY, results, cores=2, check=True, **popen):
-    command = [
-        sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(config),
-        "--replace-workflow-config", "--config", f"results={results}", "--directory", str(ROOT), *args,
-    ]
-    if popen:
-        return subprocess.Popen(command, cwd=ROOT, **popen)
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if check and run.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}")
-    return run
-
-
-def planned_jobs(run) -> dict[str, int]:
-    """Rule -> job count from the 'Job stats' table of a dry run."""
-    text = run.stdout + run.stderr
-    table = text.split("Job stats:")[-1] if "Job stats:" in text else ""
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m.group(1) != "total"}
 
 
 def stats_stores(results: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -57,11 +35,9 @@ def assert_same_stats(a: Path, b: Path):
             np.testing.assert_array_equal(values, right[store][name], err_msg=f"{store}:{name}")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    results = tmp_path_factory.mktemp("run") / "results"
-    snakemake(results=results)
-    return results
+@pytest.fixture
+def finished(tiny_study):
+    return tiny_study
 
 
 def test_full_run_produces_every_target(finished):

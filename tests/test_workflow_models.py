@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import TINY, planned_jobs, snakemake
+from tiny_study import TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 

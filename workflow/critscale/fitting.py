@@ -107,7 +107,7 @@ def unit_labels(stats: xr.Dataset) -> pd.DataFrame:
     for name in ("layer", "head", "layer_type", "window"):
         if name in stats.coords and stats[name].dims == ("unit",):
             values = stats[name].values
-            labels[name] = values.astype(str) if name == "layer_type" else values
+            labels[name] = [str(v) for v in values] if name == "layer_type" else values
         else:
             labels[name] = np.full(stats.sizes["unit"], np.nan)
     return pd.DataFrame(labels)

@@ -100,6 +100,14 @@ def open_store(path) -> xr.Dataset:
         return xr.open_zarr(str(path), consolidated=True)
 
 
+def portable_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with fixed-width text variables as Python strings: Zarr then stores them as
+    variable-length UTF-8, which other Zarr libraries read (its fixed-width UTF-32 type has no
+    Zarr 3 specification)."""
+    text = [name for name, var in ds.variables.items() if var.dtype.kind == "U"]
+    return ds.assign({name: ds[name].astype(object) for name in text}) if text else ds
+
+
 def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict | None = None):
     """Write ``ds`` to a fresh Zarr store at ``path`` (any existing store there is replaced).
 
@@ -110,7 +118,7 @@ def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict 
     if path.exists():
         shutil.rmtree(path)
     with quiet_consolidation():
-        write = ds.to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding or {}, zarr_format=3)
+        write = portable_strings(ds).to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding or {}, zarr_format=3)
     if compute:
         write_manifest(path)
         return write
