@@ -1,19 +1,25 @@
 """Coverage measured, not assumed: the whole fit on synthetic sources with known xi."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 from statsmodels.stats.proportion import proportion_confint
 
 from critscale import coverage
 from critscale.intervals import wilson_interval
 
-MODEL_LADDER = [64, 128, 256, 512, 1024, 2048]
-DEFAULT_UNITS = 32  # windows per model source in the default study
+DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+MODEL_LADDER = DEFAULT["models"]["smollm2_135m"]["ladder"]
+DEFAULT_UNITS = DEFAULT["extraction"]["sequences"]  # windows per model source in the default study
+ROWS_PER_UNIT = DEFAULT["extraction"]["queries"]  # its rows per window
 
 
 @pytest.fixture(scope="module")
 def default_coverage():
-    return coverage.coverage_table(MODEL_LADDER, [DEFAULT_UNITS], replications=500, n_boot=300, seed=3)
+    return coverage.coverage_table(MODEL_LADDER, [DEFAULT_UNITS], replications=500, n_boot=300, seed=3,
+                                   rows_per_unit=ROWS_PER_UNIT)
 
 
 def test_coverage_at_the_default_unit_count_is_near_nominal(default_coverage):

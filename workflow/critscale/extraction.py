@@ -39,6 +39,7 @@ from .model_loading import ModelSpecError, attention_layout, load_model, max_pos
 from .score_writer import RowChunkWriter, choose_row_chunk
 from .storage import create_scores_store, provenance
 
+WRITE_BUFFER_BYTES = 256 * 2**20  # captured rows buffered per store row chunk (see critscale.score_writer)
 
 
 class _StopForward(Exception):
@@ -144,7 +145,7 @@ def extract_to_store(
     texts=None,
     log=print,
     progress: bool = True,
-    write_buffer_bytes: int = 256 * 2**20,
+    write_buffer_bytes: int = WRITE_BUFFER_BYTES,
 ) -> dict:
     """Extract the rows of ``sequences`` windows of the corpus into a canonical score store.
 

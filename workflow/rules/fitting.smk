@@ -40,7 +40,7 @@ rule coverage:
         result("benchmarks", "coverage.tsv")
     conda:
         "../envs/critscale.yaml"
-    threads: 2
+    threads: 1
     params:
         fitting=canonical(config["fitting"]),
         seed=config["seed"],

@@ -27,7 +27,7 @@ rule convert_gguf:
         result("benchmarks", "convert_gguf", "{model}.tsv")
     conda:
         "../envs/critscale.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=6000,
     params:
@@ -47,7 +47,7 @@ rule model_scores:
         result("benchmarks", "model_scores", "{extracted}.tsv")
     conda:
         "../envs/critscale.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
     params:

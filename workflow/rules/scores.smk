@@ -10,7 +10,7 @@ rule family_scores:
         result("benchmarks", "family_scores", "{family}.tsv")
     conda:
         "../envs/critscale.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
     params:

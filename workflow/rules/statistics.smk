@@ -12,7 +12,7 @@ rule statistics:
         result("benchmarks", "statistics", "{source}.tsv")
     conda:
         "../envs/critscale.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
     params:
