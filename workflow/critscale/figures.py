@@ -461,11 +461,19 @@ def exponent_table(fits: pd.DataFrame) -> Figure:
     column = ax.secondary_yaxis("right")
     column.set_yticks(y, [_exponent_text(fit) for _, fit in table.iterrows()])
     column.tick_params(length=0)
-    ax.set(xlabel=r"fitted exponent $\xi$ of median $\Lambda_n \propto (\log n)^\xi$ (interval: sequence bootstrap)",
+    ax.set(xlabel=r"fitted exponent $\xi$ of median $\Lambda_n \propto (\log n)^\xi$" + _interval_note(table),
            ylabel="source")
     ax.grid(axis="y", visible=False)
     _legend_outside(fig, handles, labels, title="colour: held-out winner")
     return fig
+
+
+def _interval_note(fits: pd.DataFrame) -> str:
+    """`` (90% interval: student_t over resampled units)`` from the fit table's own columns."""
+    if "ci_level" not in fits or "interval_method" not in fits or fits["ci_level"].isna().all():
+        return ""
+    level, method = float(fits["ci_level"].dropna().iloc[0]), fits["interval_method"].dropna().iloc[0]
+    return f" ({level:.0%} interval: {method} over resampled units)"
 
 
 def _exponent_text(fit: pd.Series) -> str:
