@@ -130,8 +130,8 @@ def child(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2048, help="longest context length")
-    parser.add_argument("--windows", type=int, default=4, help="windows timed back to back (one forward each)")
-    parser.add_argument("--queries", type=int, default=8, help="rows per window and n (the default study's)")
+    parser.add_argument("--windows", type=int, default=8, help="windows timed back to back (one forward each)")
+    parser.add_argument("--queries", type=int, default=4, help="rows per window and n (the default study's)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 8], help="tiny-model layer counts")
     parser.add_argument("--attention-output", choices=["eager", "sdpa"], default="sdpa")

@@ -55,6 +55,18 @@ def test_snakemake_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_default_study_plans_a_bundle_of_every_level(tmp_path):
+    # the sink variant has no score store of its own: the scores level takes its pair's
+    for level in ("aggregates", "rows", "scores"):
+        run = subprocess.run(
+            [sys.executable, "-m", "snakemake", "share", "-n", "--cores", "1", "--directory", str(ROOT),
+             "--config", f"results={tmp_path / 'results'}", f"share={{level: {level}}}"],
+            capture_output=True, text=True, cwd=ROOT,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "rule share:" in run.stdout + run.stderr or "localrule share:" in run.stdout + run.stderr
+
+
 def with_models(tmp_path, model_spec, corpus="shakespeare"):
     config = copy.deepcopy(DEFAULT)
     config["models"] = {"m": model_spec}

@@ -150,6 +150,15 @@ def test_every_bundle_verifies_and_a_flipped_byte_is_named(bundles, tmp_path):
     assert "checksum differs" in str(mismatches[0])
 
 
+def test_a_score_store_shared_by_two_sources_goes_in_once(study, tmp_path):
+    # a sink variant (first keys masked in its statistics) reads its pair's score store
+    out = share.pack_bundle(tmp_path / "b.zarr.zip", stats={"g": study / "stats.zarr", "g__skip4": study / "stats.zarr"},
+                            scores={"g": study / "scores.zarr", "g__skip4": study / "scores.zarr"},
+                            fits_table=study / "fits.csv", headline_table=study / "headline.csv", config={}, level="scores")
+    names = {g for g in groups(out) if g.startswith("scores/")}
+    assert names == {"scores/g"}
+
+
 def test_bad_level_and_missing_scores_are_clear_errors(study, tmp_path):
     with pytest.raises(ValueError, match="share.level must be one of aggregates, rows, scores"):
         pack(study, tmp_path / "b.zarr.zip", level="everything")

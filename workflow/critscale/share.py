@@ -207,7 +207,10 @@ def _components(level, stats, scores, headline_table, coverage_table):
             components.append((f"stats/{source}", _shared_dtypes(per_row)))
         sources[f"stats/{source}"] = _manifest_checksum(path)
     if level == "scores":
+        first_source = {}  # a sink variant reads its pair's store: each store goes in once
         for source, path in sorted(scores.items()):
+            first_source.setdefault(str(path), source)
+        for path, source in first_source.items():
             components.append((f"scores/{source}", storage.open_store(path)))
             sources[f"scores/{source}"] = _manifest_checksum(path)
     return components, sources

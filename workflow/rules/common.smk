@@ -146,7 +146,8 @@ def prescription_targets():
 
 # used by share.smk
 def share_scores(wildcards):
-    """The score stores, when the sharing level includes them."""
+    """The score store of every source, when the sharing level includes them (a sink variant's is
+    its pair's: it has none of its own)."""
     if config.get("share", {}).get("level", "aggregates") == "scores":
-        return expand(result("scores", "{source}.zarr"), source=SOURCES)
+        return [result("scores", f"{study_config.scores_source(config, source)}.zarr") for source in SOURCES]
     return []
