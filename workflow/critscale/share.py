@@ -148,7 +148,7 @@ def aggregates(stats: xr.Dataset) -> xr.Dataset:
     for name in medians.data_vars:
         medians[name].attrs["description"] = f"{name.replace('_', ' ')} over rows, as the fits use it"
     quantiles = xr.Dataset(summary).drop_vars([c for c, v in stats.coords.items() if "row" in v.dims], errors="ignore")
-    return xr.merge([quantiles, medians], join="outer", combine_attrs="override").assign_attrs(stats.attrs)
+    return xr.merge([quantiles, medians], join="outer", compat="no_conflicts", combine_attrs="override").assign_attrs(stats.attrs)
 
 
 def _shared_dtypes(ds: xr.Dataset) -> xr.Dataset:
