@@ -148,7 +148,8 @@ def aggregates(stats: xr.Dataset) -> xr.Dataset:
     for name in medians.data_vars:
         medians[name].attrs["description"] = f"{name.replace('_', ' ')} over rows, as the fits use it"
     quantiles = xr.Dataset(summary).drop_vars([c for c, v in stats.coords.items() if "row" in v.dims], errors="ignore")
-    return xr.merge([quantiles, medians], join="outer", compat="no_conflicts", combine_attrs="override").assign_attrs(stats.attrs)
+    merged = xr.merge([quantiles, medians], join="outer", compat="no_conflicts", combine_attrs="override")
+    return merged.assign_attrs(stats.attrs)
 
 
 def _shared_dtypes(ds: xr.Dataset) -> xr.Dataset:
@@ -226,7 +227,8 @@ def _write_directory(directory: Path, components) -> None:
             var.encoding = {}  # the source stores' encodings (chunks, codecs) do not carry over
         encoding = {name: {"compressors": (COMPRESSOR,)} for name in ds.data_vars}
         with storage.quiet_consolidation():
-            storage.portable_strings(ds).to_zarr(directory, group=group or None, mode="a" if group else "w", consolidated=False,
+            storage.portable_strings(ds).to_zarr(directory, group=group or None, mode="a" if group else "w",
+                                                 consolidated=False,
                        zarr_format=3, encoding=encoding)
     storage.consolidate(directory)  # consolidated metadata and the bundle's checksum manifest
 
