@@ -228,8 +228,7 @@ def _write_directory(directory: Path, components) -> None:
         encoding = {name: {"compressors": (COMPRESSOR,)} for name in ds.data_vars}
         with storage.quiet_consolidation():
             storage.portable_strings(ds).to_zarr(directory, group=group or None, mode="a" if group else "w",
-                                                 consolidated=False,
-                       zarr_format=3, encoding=encoding)
+                                                 consolidated=False, zarr_format=3, encoding=encoding)
     storage.consolidate(directory)  # consolidated metadata and the bundle's checksum manifest
 
 
