@@ -7,15 +7,13 @@ The screenshot and the probe's findings are kept in test-artifacts/ for inspecti
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from report_check import chromium_probe, find_chromium, report_data, report_problems
-from tiny_study import snakemake
+from tiny_study import ROOT, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 SECTIONS = ("Theory check", "Synthetic families")
 
 
