@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import xarray as xr
 
 from critscale import compute, storage
@@ -64,6 +68,35 @@ def test_matches_row_statistics_and_carries_metadata(scores_path, tmp_path):
     median = stats.accumulation_scale_quantiles.sel(quantile=0.5, unit="a").values
     expected = np.quantile(stats.accumulation_scale.sel(unit="a").values, 0.5, axis=-1, method="inverted_cdf")
     np.testing.assert_array_equal(median, expected)
+
+
+@given(
+    data=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=3, max_side=9),
+        elements=st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1.0, 2.5, -3.0, 1e-300]) | st.floats(-1e6, 1e6),
+    ),
+    levels=st.lists(st.floats(0, 1), min_size=1, max_size=6),
+)
+@settings(max_examples=200, deadline=None)
+def test_row_quantiles_equal_xarrays_nan_skipping_inverted_cdf(data, levels):
+    values = xr.DataArray(data, dims=("unit", *[f"d{i}" for i in range(data.ndim - 2)], "row"))
+    values = values.assign_coords(unit=np.arange(data.shape[0]), row=np.arange(data.shape[-1]))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        expected = values.quantile(levels, dim="row", method="inverted_cdf", skipna=True)
+    got = compute.row_quantiles(values.chunk(unit=1), levels).compute()
+    xr.testing.assert_identical(got, expected)
+    assert got.dtype == expected.dtype
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float32])
+def test_row_quantiles_keep_the_dtype_like_xarrays(dtype):
+    values = xr.DataArray((np.arange(24).reshape(2, 12) % 5).astype(dtype), dims=("unit", "row"))
+    expected = values.quantile([0.1, 0.5, 1.0], dim="row", method="inverted_cdf", skipna=True)
+    got = compute.row_quantiles(values, [0.1, 0.5, 1.0]).compute()
+    xr.testing.assert_identical(got, expected)
+    assert got.dtype == expected.dtype == dtype
 
 
 @pytest.mark.parametrize(
