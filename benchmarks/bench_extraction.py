@@ -93,7 +93,7 @@ def run_mode(model, ids, ladder, queries, attention_output, repeat, layers, mode
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
                 if mode == "extract":
-                    extract_windows(model, ids, store, positions, layer_list, n_heads, len(ladder), queries, attention_output)
+                    extract_windows(model, ids, store, positions, layer_list, len(ladder), queries, attention_output)
                 else:
                     with cap.attention_implementation(model, mode):
                         for window in ids:
@@ -103,15 +103,13 @@ def run_mode(model, ids, ladder, queries, attention_output, repeat, layers, mode
     return min(times), peak
 
 
-def extract_windows(model, ids, store, positions, layer_list, n_heads, n_count, queries, attention_output):
-    """The driver's loop without its self-check: capture every window, rows to the writer thread."""
+def extract_windows(model, ids, store, positions, layer_list, n_count, queries, attention_output):
+    """The driver's per-window capture without its self-check, rows to the writer thread."""
+    layer_units = {layer: i * model.config.num_attention_heads for i, layer in enumerate(layer_list)}
     with RowChunkWriter(store) as writer:
         for index, window in enumerate(ids):
-            def sink(layer, rows, _probabilities, row0=index * queries):
-                ex._put_rows(writer, rows.cpu().numpy(), layer_list.index(layer) * n_heads, list(range(n_count)), row0, queries)
-
-            with cap.capturing(model, positions, sink, layers=layer_list, mode=attention_output):
-                ex._run_forward(model, window[None], layer_list[-1])
+            ex.capture_forward(model, writer, window[None], positions, list(range(n_count)), row0=index * queries,
+                               queries=queries, layer_units=layer_units, mode=attention_output)
 
 
 def child(args):

@@ -98,6 +98,24 @@ def _put_rows(writer: RowChunkWriter, rows: np.ndarray, unit0: int, n_indices, r
         writer.put(values, unit0=unit0, n_index=n_index, row0=row0)
 
 
+def capture_forward(model, writer: RowChunkWriter, input_ids, positions, n_indices, *, row0: int, queries: int,
+                    layer_units: dict, heads=None, mode: str = "sdpa", modules=None, keep: bool = False) -> dict:
+    """One forward of ``input_ids`` through the captured layers (``layer_units``: layer -> its first
+    unit): the rows of the query ``positions`` go to ``writer`` from store row ``row0`` on, at the
+    ladder's ``n_indices``.  Returns each layer's captured rows when ``keep`` (for the self-check)."""
+    kept = {}
+
+    def sink(layer, rows, _probabilities):
+        if keep:
+            kept[layer] = rows
+        _put_rows(writer, rows.cpu().numpy(), layer_units[layer], n_indices, row0, queries)
+
+    layers = sorted(layer_units)
+    with capturing(model, positions, sink, layers=layers, heads=heads, mode=mode, modules=modules):
+        _run_forward(model, input_ids, layers[-1])
+    return kept
+
+
 def _progress(windows: int, tokens_per_window: int, *, enabled: bool):
     """tqdm progress in tokens (rate and time left) with windows done as postfix, on stderr (a
     Snakemake rule's log, see :mod:`critscale.runlog`), refreshed at most every 10 s."""
@@ -265,16 +283,10 @@ def extract_to_store(
             batch = windows[b0:b0 + batch_size].to(device)
             for length, positions, n_indices in plans:
                 checked = check_positions(length, n_ladder, direction == "causal", first_window=b0 == 0)
-                kept = {}
-
-                def sink(layer, rows, _probabilities, _n=n_indices, _row0=b0 * queries, _kept=kept):
-                    if checked:
-                        _kept[layer] = rows
-                    _put_rows(writer, rows.cpu().numpy(), layer_units[layer], _n, _row0, queries)
-
                 t0 = time.perf_counter()
-                with capturing(model, positions, sink, layers=layer_list, heads=selected_heads, mode=attention_output, modules=modules):
-                    _run_forward(model, batch[:, :length], layer_list[-1])
+                kept = capture_forward(model, writer, batch[:, :length], positions, n_indices, row0=b0 * queries,
+                                       queries=queries, layer_units=layer_units, heads=selected_heads,
+                                       mode=attention_output, modules=modules, keep=bool(checked))
                 t_forward += time.perf_counter() - t0
                 if checked:
                     checks.append(self_check(model, batch[:, :length], kept, positions, checked,
