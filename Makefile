@@ -69,8 +69,9 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_gapstats.py
 	$(BIN)/python benchmarks/bench_extraction.py
 
+# make share LEVEL=rows (or scores): a sharing level other than the config's
 share: $(STAMP)
-	$(BIN)/snakemake share --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS)
+	$(BIN)/snakemake share --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) $(if $(LEVEL),"share={level: $(LEVEL)}")
 
 verify: $(STAMP)
 	$(BIN)/snakemake verify --cores 1 --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS)
