@@ -68,7 +68,7 @@ def _repeat_kv(states, groups: int):
     return states[:, :, None, :, :].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
 
 
-def _model_eager(module):
+def model_eager_attention(module):
     """The eager attention function of the module's own modeling file (checked by attention_layout)."""
     return sys.modules[type(module).__module__].eager_attention_forward
 
@@ -87,7 +87,7 @@ def critscale_attention_forward(module, query, key, value, attention_mask, **kwa
         output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     else:
         eager_bias = _additive_mask(module, query, key, attention_mask)
-        output, weights = _model_eager(module)(module, query, key, value, eager_bias, **kwargs)
+        output, weights = model_eager_attention(module)(module, query, key, value, eager_bias, **kwargs)
     if capture is not None:
         capture.record(module, query, key, attention_mask, kwargs, weights)
     return output, weights
