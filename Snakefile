@@ -19,6 +19,7 @@ include: "workflow/rules/fitting.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/prescriptions.smk"
+include: "workflow/rules/schedules.smk"
 include: "workflow/rules/share.smk"
 
 

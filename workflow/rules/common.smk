@@ -65,6 +65,7 @@ def all_targets():
         result("tables", "theory_check.csv"),
         *figure_targets(),
         *prescription_targets(),
+        *expand(result("schedules", "{model_source}.json"), model_source=MODEL_RUNS),
     ]
 
 
