@@ -244,6 +244,26 @@ def _separator_ids(tokenizer) -> list[int]:
     return list(tokenizer("\n\n", add_special_tokens=False)["input_ids"])
 
 
+def _token_stream(tokenizer, texts: list[str], order, target: int) -> tuple[list[int], int]:
+    """Documents in ``order``, tokenised in batches of 16 without special tokens and joined by the
+    separator, until at least ``target`` tokens (a longer target extends the same stream)."""
+    separator = _separator_ids(tokenizer)
+    stream: list[int] = []
+    used = 0
+    batch = 16
+    for start in range(0, len(order), batch):
+        chunk = [texts[i] for i in order[start:start + batch]]
+        encoded = tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
+        for ids in encoded:
+            if ids:
+                stream.extend(ids)
+                stream.extend(separator)
+        used = start + len(chunk)
+        if len(stream) >= target:
+            break
+    return stream, used
+
+
 def token_windows(
     tokenizer,
     texts: list[str],
@@ -270,21 +290,7 @@ def token_windows(
         raise ValueError(f"length and count must be positive, got {length}, {count}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
-    separator = _separator_ids(tokenizer)
-    target = length * count * max(int(oversample), 1)
-    stream: list[int] = []
-    used = 0
-    batch = 16
-    for start in range(0, len(order), batch):
-        chunk = [texts[i] for i in order[start:start + batch]]
-        encoded = tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
-        for ids in encoded:
-            if ids:
-                stream.extend(ids)
-                stream.extend(separator)
-        used = start + len(chunk)
-        if len(stream) >= target:
-            break
+    stream, used = _token_stream(tokenizer, texts, order, length * count * max(int(oversample), 1))
     available = len(stream) // length
     if available < count:
         raise ValueError(
@@ -297,3 +303,33 @@ def token_windows(
     if return_info:
         return windows, {"window_index": chosen.tolist(), "documents_tokenised": used, "tokens": len(stream)}
     return windows
+
+
+def held_out_windows(tokenizer, texts: list[str], length: int, count: int, *, fitted: dict, oversample: int = 8):
+    """``count`` windows of ``length`` tokens that share no token with the windows a schedule was
+    fitted on (``fitted``: ``length``, ``window_index``, ``seed`` of :func:`token_windows`).
+
+    The stream is :func:`token_windows`' stream for that seed, extended; the fitted windows are
+    recomputed from it and must match ``window_index`` (else the corpus or tokenizer changed).
+    Candidates are the stream's non-overlapping ``length``-token slots clear of every fitted
+    window; ``count`` of them are drawn by ``seed + 1``.  Returns ``(LongTensor, window starts)``."""
+    import torch
+
+    seed, fit_length, fit_index = int(fitted["seed"]), int(fitted["length"]), list(fitted["window_index"])
+    _, info = token_windows(tokenizer, texts, fit_length, len(fit_index), seed, oversample=oversample,
+                            return_info=True)
+    if info["window_index"] != fit_index:
+        raise ValueError("the fitted windows do not recompute from this corpus and tokenizer: it changed since the fit")
+    order = np.random.default_rng(seed).permutation(len(texts))
+    target = info["tokens"] + length * count * max(int(oversample), 1)
+    stream, _ = _token_stream(tokenizer, texts, order, target)
+    taken = [(i * fit_length, (i + 1) * fit_length) for i in fit_index]
+    starts = [s for s in range(0, len(stream) - length + 1, length)
+              if all(s + length <= a or s >= b for a, b in taken)]
+    if len(starts) < count:
+        raise ValueError(f"corpus too short: {len(starts)} windows of {length} tokens are clear of the "
+                         f"{len(fit_index)} fitted windows, {count} requested")
+    chosen = np.sort(np.random.default_rng(seed + 1).choice(len(starts), size=count, replace=False))
+    picked = [starts[i] for i in chosen]
+    ids = np.stack([np.asarray(stream[s:s + length], dtype=np.int64) for s in picked])
+    return torch.from_numpy(ids), picked
