@@ -20,6 +20,7 @@ include: "workflow/rules/theory.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/prescriptions.smk"
 include: "workflow/rules/schedules.smk"
+include: "workflow/rules/intervention.smk"
 include: "workflow/rules/share.smk"
 
 

@@ -280,3 +280,43 @@ def effective_context(model, ids, full_nll: np.ndarray, short_context: int, chun
     short_nll, _ = run.arm(LogPowerSchedule("none", np.zeros((1, 1)), 2))
     return {"targets": targets, "context_full": int(ids.shape[1] - targets), "context_short": short_context - targets,
             "full_nll": float(full_nll[-targets:].mean()), "short_nll": float(short_nll[-targets:].mean())}
+
+
+def run_window(model, ids, document: dict, settings: dict, *, window: int, seed: int, log=print) -> dict:
+    """Every handling and arm of ``settings["arms"]`` on one window: ``buckets`` and ``entropy``
+    tables, and ``checks`` (guard on the first window, effective context, timings)."""
+    import time
+
+    L = document["training_length"]
+    edges = bucket_edges(L, ids.shape[1], settings["buckets_per_octave"])
+    chunk = settings["lm_head_chunk"]
+    buckets, entropies, checks = [], [], {"window": window, "guard": [], "seconds": {}}
+    for handling, names in settings["arms"].items():
+        started = time.perf_counter()
+        schedules_by_arm = arms(document, names, seed=seed)
+        table, entropy, nll = run_handling(model, ids, schedules_by_arm, handling, training_length=L, edges=edges,
+                                           chunk=chunk)
+        buckets.append(table)
+        entropies.append(entropy)
+        checks["seconds"][handling] = round(time.perf_counter() - started, 1)
+        log(f"[critscale] window {window}, RoPE {handling}: {len(names)} arms in {checks['seconds'][handling]} s")
+        gated = [name for name in names if name != "none" and schedules_by_arm[name].identity_through() >= L]
+        if settings["guard"] and window == 0 and "none" in names and gated:
+            checks["guard"].append(guard(model, ids, schedules_by_arm[gated[0]], schedules_by_arm["none"],
+                                         nll[gated[0]], handling=handling, training_length=L, chunk=chunk))
+        if handling == "none" and "none" in names:
+            checks["effective_context"] = effective_context(model, ids, nll["none"], settings["short_context"], chunk)
+    return {"buckets": pd.concat(buckets).assign(window=window), "entropy": pd.concat(entropies).assign(window=window),
+            "checks": checks}
+
+
+def check_settings(settings: dict, sources, training_length: int) -> None:
+    """Refuse, before any job, an intervention the study cannot run (the key named)."""
+    if settings["source"] not in sources:
+        raise ValueError(f"intervention.source: {settings['source']!r} is not a model source of the studies; "
+                         f"allowed: {', '.join(sources) or 'none (add a study)'}")
+    if settings["length"] <= training_length:
+        raise ValueError(f"intervention.length: {settings['length']} must exceed fitting.training_length "
+                         f"({training_length}): the intervention looks beyond L")
+    if not 2 <= settings["short_context"] < settings["length"]:
+        raise ValueError(f"intervention.short_context: {settings['short_context']} must lie in 2..{settings['length'] - 1}")

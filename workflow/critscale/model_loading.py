@@ -410,11 +410,12 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def load_model(spec: dict, dtype: str = "float32", device: str = "auto"):
-    """``(model, tokenizer, info)``: the base model (no LM head) in eval mode with eager attention,
-    its weights in ``dtype`` on ``device``.  The attention is checked before any weights are read."""
+def load_model(spec: dict, dtype: str = "float32", device: str = "auto", *, causal_lm: bool = False):
+    """``(model, tokenizer, info)``: the base model (no LM head; with ``causal_lm``, the model with
+    its LM head) in eval mode with eager attention, its weights in ``dtype`` on ``device``.  The
+    attention is checked before any weights are read."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in MODEL_DTYPES:
         raise ValueError(f"extraction.model_dtype: {dtype!r} is not allowed; allowed values: {', '.join(MODEL_DTYPES)}")
@@ -432,7 +433,7 @@ def load_model(spec: dict, dtype: str = "float32", device: str = "auto"):
     where = _weights_location(source, spec, kwargs, info)
     tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
     tokenizer = AutoTokenizer.from_pretrained(where, **tok_kwargs)
-    model = AutoModel.from_pretrained(where, **kwargs).to(device)
+    model = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(where, **kwargs).to(device)
     model.eval()
     info["tokenizer"] = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}"
     return model, tokenizer, info

@@ -7,6 +7,7 @@ from pathlib import Path
 from critscale import config as study_config
 from critscale import model_loading
 from critscale import stalelock
+from critscale import intervention
 
 study_config.validate(config)
 
@@ -143,6 +144,24 @@ def prescription_targets():
     return [result("tables", f"{table}.csv") for table in tables] + [
         result("report", f"{table}.html") for table in tables
     ]
+
+
+# used by intervention.smk
+INTERVENTION = config.get("intervention", {})
+INTERVENTION_WINDOWS = list(range(INTERVENTION.get("windows", 0)))
+if INTERVENTION:
+    intervention.check_settings(INTERVENTION, MODEL_RUNS, config["fitting"]["training_length"])
+
+
+def intervention_model():
+    """The converted model directory the intervention's model reads, if it is a GGUF."""
+    model = MODEL_RUNS[INTERVENTION["source"]]["model"]
+    return [result("models", model)] if is_gguf(model) else []
+
+
+def intervention_window_settings():
+    """What changes one window's output (not the statistics' bootstrap or level)."""
+    return canonical({k: v for k, v in INTERVENTION.items() if k not in ("bootstrap", "level")})
 
 
 # used by share.smk
