@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_PIN = $(shell grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)
 
-.PHONY: study long test chromium benchmark share verify dry-run lock readme-figures clean-results
+.PHONY: study long intervene test chromium benchmark share verify dry-run lock readme-figures clean-results
 
 $(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ study: $(STAMP)
 # The long-context study (config/long.yaml): SmolLM2 up to n = 8192 on one corpus.
 long: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/long.yaml --replace-workflow-config
+
+# The intervention (config/intervene.yaml): SmolLM2's schedule and the published rules beyond its
+# 8192 positions; prints the plan's size first and the wall time at the end.
+intervene: $(STAMP)
+	$(BIN)/snakemake -n intervene --cores $(CORES) --configfile config/intervene.yaml --replace-workflow-config | grep -A20 '^Job stats'
+	/usr/bin/time -f 'make intervene: %e s wall' $(BIN)/snakemake intervene --cores $(CORES) --configfile config/intervene.yaml --replace-workflow-config
 
 test: chromium $(STAMP)
 	$(BIN)/python -m pytest

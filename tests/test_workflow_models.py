@@ -71,3 +71,32 @@ def test_adding_a_model_then_a_corpus_runs_only_their_jobs(tmp_path, tiny_llama)
     assert "model_source=tiny_llama__python_stdlib" in run.stdout
     assert "model_source=tiny_llama__shakespeare" not in run.stdout
     shutil.rmtree(results)
+
+
+def test_intervention_runs_end_to_end_on_a_tiny_llama(tmp_path, tiny_llama):
+    """Schedule, held-out windows, every arm under two RoPE handlings, the paired table and the
+    figure: the whole `intervene` target on a tiny Llama (L = 128, windows of 192 tokens)."""
+    model = {"tiny_llama": {"path": str(tiny_llama), "ladder": [32, 64, 128]}}
+    path = config_with(tmp_path, "intervene.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare"]}])
+    config = yaml.safe_load(path.read_text())
+    config["extraction"]["sequences"] = 4
+    config["fitting"]["training_length"] = 128
+    intervene = yaml.safe_load((TINY.parents[2] / "config" / "intervene.yaml").read_text())["intervention"]
+    intervene.update(source="tiny_llama__shakespeare", windows=3, length=192, short_context=64, bootstrap=200)
+    config["intervention"] = intervene
+    path.write_text(yaml.safe_dump(config))
+    results = tmp_path / "results"
+    snakemake("intervene", config=path, results=results)
+    schedule = yaml.safe_load((results / "schedules" / "tiny_llama__shakespeare.json").read_text())
+    assert schedule["training_length"] == 128 and len(schedule["units"]) == 8
+    import pandas as pd
+
+    table = pd.read_csv(results / "tables" / "intervention.csv")
+    arms = set(intervene["arms"]["yarn"]) - {"none"}
+    assert set(table.loc[(table["handling"] == "yarn") & (table["baseline"] == "none"), "arm"]) == arms
+    assert {"per_head - dose_matched", "per_head - shuffled"} <= set(table["contrast"])
+    assert table["windows"].eq(3).all() and (table["p_holm"] >= table["p"]).all()
+    guard = pd.read_csv(results / "tables" / "intervention_guard.csv")
+    assert guard["identical_up_to_L"].all() and (guard["shared_prefix_max_abs_diff"] < 1e-4).all()
+    assert (results / "figures" / "intervention.png").stat().st_size > 10_000
+    assert len(pd.read_csv(results / "tables" / "effective_context.csv")) == 3
