@@ -161,17 +161,42 @@ def test_self_check_catches_a_1e_3_error_on_tail_keys_of_a_real_capture(monkeypa
     assert smallest < 1e-6  # the perturbed keys are tail keys
     original = cap._Capture.record
 
-    def skewed(self, module, query, key, mask, kwargs, weights):
+    def skewed(self, module, query, key, mask, kwargs, *weights):
         sink = self.sink
         self.sink = lambda layer, r, p: sink(layer, perturb_least_likely_key(r, 1e-3) if layer == 1 else r, p)
         try:
-            original(self, module, query, key, mask, kwargs, weights)
+            original(self, module, query, key, mask, kwargs, *weights)
         finally:
             self.sink = sink
 
     monkeypatch.setattr(cap._Capture, "record", skewed)
     with pytest.raises(cap.ExactnessError, match="not exact"):
         cap.self_check(model, ids, rows, positions, positions, causal=True)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "gpt_neox"])
+def test_reference_forward_by_query_blocks_gives_the_same_probabilities(model_type, monkeypatch):
+    """The long self-check's reference runs the model's eager attention on blocks of queries (its
+    memory bound); the probabilities it checks against are those of the whole-matrix forward."""
+    model = tiny_model(model_type)
+    ids = tiny_inputs(model_type)["input_ids"]
+    positions = [47, 30, 5]
+
+    def reference():
+        seen = {}
+        with cap.capturing(model, positions, lambda layer, rows, probs: seen.__setitem__(layer, probs),
+                           mode="reference"), torch.inference_mode():
+            model(input_ids=ids)
+        return seen
+
+    whole = reference()
+    monkeypatch.setattr(cap, "QUERY_BLOCK", 8)
+    blocked = reference()
+    for layer in whole:
+        assert torch.allclose(blocked[layer], whole[layer], atol=1e-6, rtol=1e-5)
+    rows, _ = captured_rows(model, {"input_ids": ids}, positions, "sdpa")
+    result = cap.self_check(model, ids, rows, positions, positions, causal=True)
+    assert result["capture_error"] <= F32 and result["drift_error"] <= F32
 
 
 def test_self_check_reports_and_bounds_drift():

@@ -47,6 +47,9 @@ MODES = ("sdpa", "eager", "reference")
 # like with like: rounding of the logits (u * |logit|) and, below float32, of the model's stored probabilities
 CAPTURE_TOL = {"float64": 1e-12, "float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 # SDPA-continued vs eager forward: rounding differences accumulated through the layers
+# queries per eager call of the self-check's reference forward: bounds its weights to
+# heads x QUERY_BLOCK x n (SmolLM2 at n = 8192: 0.3 GB instead of 2.4 GB per layer)
+QUERY_BLOCK = 1024
 DRIFT_TOL = {"float64": 1e-9, "float32": 1e-3, "float16": 5e-2, "bfloat16": 2e-1}
 
 
@@ -85,12 +88,34 @@ def critscale_attention_forward(module, query, key, value, attention_mask, **kwa
     mode = capture.mode if capture is not None else "eager"
     if mode == "sdpa" and kwargs.get("softcap") is None:
         output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    elif mode == "reference" and query.shape[2] > QUERY_BLOCK:
+        eager_bias = _additive_mask(module, query, key, attention_mask)
+        output, picked = _eager_by_query_blocks(module, query, key, value, eager_bias, capture.positions, **kwargs)
+        capture.record(module, query, key, attention_mask, kwargs, None, picked)
+        return output, None
     else:
         eager_bias = _additive_mask(module, query, key, attention_mask)
         output, weights = model_eager_attention(module)(module, query, key, value, eager_bias, **kwargs)
     if capture is not None:
         capture.record(module, query, key, attention_mask, kwargs, weights)
     return output, weights
+
+
+def _eager_by_query_blocks(module, query, key, value, bias, positions, **kwargs):
+    """The model's eager attention on :data:`QUERY_BLOCK` queries at a time, so the reference
+    forward of a long window never holds a whole ``heads x n x n`` weight matrix; returns the
+    output and the weights of the rows at ``positions`` ``(B, H, P, K)``."""
+    import torch
+
+    eager = model_eager_attention(module)
+    outputs, picked = [], {}
+    wanted = [int(p) for p in positions.tolist()]
+    for start in range(0, query.shape[2], QUERY_BLOCK):
+        stop = start + QUERY_BLOCK
+        output, weights = eager(module, query[:, :, start:stop], key, value, bias[:, :, start:stop], **kwargs)
+        outputs.append(output)
+        picked.update({p: weights[:, :, p - start] for p in wanted if start <= p < stop})
+    return torch.cat(outputs, 1), torch.stack([picked[p] for p in wanted], 2)
 
 
 def _visible_keys(module, attention_mask, query_length: int, key_length: int, device):
@@ -186,7 +211,7 @@ class _Capture:
             tensor = tensor.index_select(1, self.heads.to(device))
         return tensor
 
-    def record(self, module, query, key, attention_mask, kwargs, weights):
+    def record(self, module, query, key, attention_mask, kwargs, weights, picked_weights=None):
         import torch
 
         layer = self.layer_of.get(id(module))
@@ -207,7 +232,11 @@ class _Capture:
         if attention_mask is not None and attention_mask.dtype != torch.bool:
             rows = rows + self._select(attention_mask[..., : k.shape[2]]).to(wide)  # e.g. ALiBi-style biases
         rows = torch.where(visible.expand_as(rows), rows, float("nan"))
-        probabilities = self._select(weights).to(wide) if self.mode == "reference" else None
+        if picked_weights is not None:  # already the rows at self.positions
+            weights = picked_weights
+        probabilities = None
+        if self.mode == "reference":
+            probabilities = self._select(weights, None if picked_weights is not None else 2).to(wide)
         self.sink(layer, rows, probabilities)
 
 
