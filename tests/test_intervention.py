@@ -127,3 +127,38 @@ def test_beyond_length_counts_only_targets_past_L():
     buckets = pd.DataFrame({"window": 0, "handling": "none", "arm": "none", "n_low": [4, 16, 32],
                             "n_high": [16, 32, 48], "nll_sum": [100.0, 32.0, 48.0], "tokens": [16, 16, 16]})
     assert intervention_stats.beyond_length(buckets, 16)["nll"].item() == 80.0 / 32
+
+
+@pytest.mark.parametrize(("overlays", "windows"), [([], 8), (["config/intervene-cuda.yaml"], 32)])
+def test_shipped_intervention_configs_plan_their_windows(tmp_path, overlays, windows):
+    import subprocess
+    import sys
+
+    from tiny_study import ROOT, planned_jobs
+
+    command = [sys.executable, "-m", "snakemake", "-n", "intervene", "--configfile", "config/intervene.yaml",
+               *overlays, "--replace-workflow-config", "--config", f"results={tmp_path}"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = planned_jobs(run)
+    assert jobs["intervention_window"] == windows and jobs["schedule"] == 1, jobs
+
+
+def test_an_intervention_on_an_unknown_source_stops_before_any_job(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tiny_study import ROOT
+
+    config = yaml.safe_load((ROOT / "config" / "intervene.yaml").read_text())
+    config["intervention"]["source"] = "nobody"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-n", "intervene", "--configfile", str(path),
+               "--replace-workflow-config", "--config", f"results={tmp_path}"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "intervention.source: 'nobody' is not a model source" in run.stdout + run.stderr
+    assert not (tmp_path / "logs").exists()
