@@ -252,6 +252,9 @@ def upload(directory, url: str, storage_options: dict | None = None) -> None:
         if not _holds_a_bundle(filesystem, remote):
             raise FileExistsError(f"share url {url} holds files that are not a critscale bundle; refusing to overwrite them")
         filesystem.rm(remote, recursive=True)
+    # The marked root first: an upload cut short is still recognised, and replaced, next time.
+    filesystem.makedirs(remote, exist_ok=True)
+    filesystem.put_file(f"{directory}/zarr.json", f"{remote.rstrip('/')}/zarr.json")
     filesystem.put(f"{directory}/", remote, recursive=True)
 
 
