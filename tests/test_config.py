@@ -234,3 +234,15 @@ def test_bad_tiny_configs_stop_before_any_job(tmp_path, change, expected):
     assert run.returncode != 0
     assert expected in run.stdout + run.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_relative_share_url_stays_under_results():
+    config = copy.deepcopy(DEFAULT)
+    results = config["results"].rstrip("/")
+    for url, resolved in [("share/mirror", f"{results}/share/mirror"), ("s3://bucket/x", "s3://bucket/x"), ("/srv/x", "/srv/x")]:
+        config["share"] = {"url": url}
+        assert study_config.share_url(study_config.validate(config)) == resolved
+    for escaping in ("../elsewhere", "share/../../x", "."):
+        config["share"] = {"url": escaping}
+        with pytest.raises(study_config.ConfigError, match=r"config key share\.url: relative path .* outside the results folder"):
+            study_config.validate(config)

@@ -246,3 +246,12 @@ def test_long_rows_with_large_betas_match_reference():
     rows = np.stack([rng.normal(size=5000), rng.exponential(size=5000), np.r_[[0.0] * 3, -rng.uniform(0, 1e-3, 4997)]])
     grids = Grids(t=[0.1], resolutions=[0.0], beta=octave_grid(2**-3, 2**12, 3), rho=octave_grid(2**-5, 2**6, 4))
     assert_matches_reference(rows, grids)
+
+
+def test_integers_beyond_float64_precision_are_refused():
+    # 2**60 + 1 and 2**60 are one float64: converting would report two tied maxima.
+    with pytest.raises(ValueError, match=r"beyond 2\^53 .* cannot be represented in float64"):
+        row_statistics(np.array([[2**60 + 1, 2**60, 0]], dtype=np.int64), GRIDS)
+    with pytest.raises(ValueError, match="2\\^53"):
+        row_statistics(np.array([[-(2**63), 0]], dtype=np.int64), GRIDS)
+    assert row_statistics(np.array([[2**53, 0]], dtype=np.int64), GRIDS)["ties"][0] == 1  # still exact

@@ -85,6 +85,18 @@ def test_share_bundle_round_trips_through_s3(study, s3_endpoint, tmp_path):
     assert [m.key for m in verify.verify_store(url, storage_options=s3_options(s3_endpoint))] == [chunk]
 
 
+def test_a_lower_level_share_replaces_the_previous_bundle_at_the_s3_url(study, s3_endpoint, tmp_path):
+    filesystem = make_bucket(s3_endpoint, "critscale-levels")
+    url, options = "s3://critscale-levels/bundle.zarr", s3_options(s3_endpoint)
+    for level in ("rows", "aggregates"):
+        share.pack_bundle(
+            tmp_path / f"{level}.zarr.zip", stats={"g": study / "stats.zarr"}, fits_table=study / "fits.csv",
+            headline_table=study / "headline.csv", config={}, level=level, url=url, storage_options=options,
+        )
+    assert not filesystem.exists("critscale-levels/bundle.zarr/stats")
+    assert verify.verify_store(url, storage_options=options) == []
+
+
 @pytest.mark.slow
 def test_tiny_study_runs_with_the_snakemake_s3_storage_plugin(s3_endpoint, tmp_path):
     filesystem = make_bucket(s3_endpoint, "critscale-tiny")

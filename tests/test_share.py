@@ -179,3 +179,18 @@ def test_bundle_is_also_written_to_an_fsspec_url(study, tmp_path):
     remote = xr.open_zarr("memory://critscale-test/bundle.zarr", group="headline").load()
     assert list(remote.source.values) == ["g", "g"]  # one row per layer type
     assert verify.verify_store("memory://critscale-test/bundle.zarr") == []
+
+
+def test_a_url_holds_exactly_the_latest_bundle_and_refuses_foreign_files(study, tmp_path):
+    url = str(tmp_path / "published" / "bundle.zarr")
+    pack(study, tmp_path / "rows.zarr.zip", level="rows", url=url)
+    assert (tmp_path / "published/bundle.zarr/stats/g").is_dir()
+    pack(study, tmp_path / "aggregates.zarr.zip", level="aggregates", url=url)
+    assert not (tmp_path / "published/bundle.zarr/stats").exists()  # no per-row groups left behind
+    assert verify.verify_store(url) == []
+    foreign = tmp_path / "someone-elses"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(FileExistsError, match=f"share url {foreign} holds files that are not a critscale bundle"):
+        pack(study, tmp_path / "again.zarr.zip", url=str(foreign))
+    assert (foreign / "thesis.tex").read_text() == "keep me"

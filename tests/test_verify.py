@@ -1,11 +1,14 @@
 """Checksum manifests of finished stores, and critscale-verify naming each damaged chunk."""
 
 import json
+import shutil
 import tomllib
+import zipfile
 from importlib import import_module
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -93,3 +96,35 @@ def test_console_script_is_declared():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, function = scripts["critscale-verify"].split(":")
     assert getattr(import_module(module), function) is verify.main
+
+
+def test_every_damaged_store_bundle_table_and_model_is_reported_on_one_line(tmp_path, capsys):
+    for name in ("stats/a.zarr", "stats/b.zarr", "share/critscale-bundle.zarr"):
+        storage.write_dataset(small_dataset().chunk(unit=1), tmp_path / name)
+    bundle = tmp_path / "share/critscale-bundle.zarr.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for file in sorted((tmp_path / "share/critscale-bundle.zarr").rglob("*")):
+            archive.write(file, file.relative_to(tmp_path / "share/critscale-bundle.zarr").as_posix())
+    shutil.rmtree(tmp_path / "share/critscale-bundle.zarr")
+    bundle.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])  # an interrupted download
+    flip_byte(tmp_path / "stats/a.zarr/a/c/1/0")
+    (tmp_path / "stats/b.zarr/a/c/0/0").unlink()
+    (tmp_path / "tables").mkdir()
+    storage.write_table(pd.DataFrame({"x": [1, 2]}), tmp_path / "tables/fits.csv")
+    (tmp_path / "tables/fits.csv").write_text("x\n1\n3\n")
+    model = tmp_path / "models/tiny"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    storage.write_manifest(model)
+    (model / "model.safetensors").write_bytes(b"weightz")
+    assert verify.main([str(tmp_path)]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MISMATCH")]
+    expected = [
+        f"{model}: model.safetensors: checksum differs",
+        f"{bundle}: unreadable (BadZipFile: File is not a zip file)",
+        f"{tmp_path / 'stats/a.zarr'}: a/c/1/0: checksum differs",
+        f"{tmp_path / 'stats/b.zarr'}: a/c/0/0: recorded but missing",
+        f"{tmp_path / 'tables/fits.csv'}: fits.csv: checksum differs",
+    ]
+    assert len(problems) == len(expected)
+    assert all(line.startswith(f"MISMATCH {start}") for line, start in zip(problems, expected))

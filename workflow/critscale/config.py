@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,25 @@ def validate(config: dict) -> dict:
                     f"config key studies.{i}.corpora: unknown corpus {corpus!r}; "
                     f"corpora in this config: {', '.join(config.get('corpora', {})) or 'none'}"
                 )
+    share_url(config)
     return config
+
+
+def share_url(config: dict) -> str | None:
+    """Where ``share.url`` puts the bundle: a scheme URL (``s3://...``) or absolute path as given,
+    a relative path under the ``results`` folder (so a share cannot land beside, or over, other
+    files); a relative path that escapes ``results`` is a :class:`ConfigError`."""
+    url = config.get("share", {}).get("url")
+    if not url or "://" in url or "::" in url or os.path.isabs(url):
+        return url
+    results = os.path.normpath(config["results"])
+    resolved = os.path.normpath(os.path.join(results, url))
+    if os.path.commonpath([results, resolved]) != results or resolved == results:
+        raise ConfigError(
+            f"config key share.url: relative path {url!r} resolves to {resolved!r}, outside the results folder "
+            f"{results!r}; use a path below it, an absolute path, or a URL such as s3://bucket/prefix"
+        )
+    return resolved
 
 
 def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:

@@ -115,6 +115,23 @@ def octave_grid(minimum: float, maximum: float, per_octave: int) -> np.ndarray:
     return grid[grid <= maximum * (1 + 1e-12)]
 
 
+#: Every integer of magnitude up to 2**53 converts to float64 exactly; beyond it neighbours merge.
+FLOAT64_EXACT_INTEGERS = 2**53
+
+
+def _refuse_inexact_integers(x: np.ndarray) -> None:
+    """A clear error for integers float64 cannot hold exactly: converting them would silently
+    merge distinct scores into ties (two maxima, Lambda = inf).  A min/max check, so cheap."""
+    if not np.issubdtype(x.dtype, np.integer) or x.size == 0:
+        return
+    low, high = int(x.min()), int(x.max())
+    if max(-low, high) > FLOAT64_EXACT_INTEGERS:
+        raise ValueError(
+            f"integer scores range over [{low}, {high}]: exact integers beyond 2^53 in magnitude cannot be "
+            "represented in float64, so distinct scores would merge into ties; rescale them or pass floats"
+        )
+
+
 def _as_rows(scores) -> np.ndarray:
     """Scores as a ``(rows, keys)`` float array (float32 kept: its sort is faster and its gaps
     are computed in float64 all the same); a clear error for what is not real numbers or
@@ -127,6 +144,7 @@ def _as_rows(scores) -> np.ndarray:
         )
     if x.ndim == 0:
         raise ValueError("scores must have at least one axis (the last axis holds the keys), got a scalar")
+    _refuse_inexact_integers(x)
     exact = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
     x = x.astype(exact, copy=False).reshape(math.prod(x.shape[:-1]), x.shape[-1])
     if np.isposinf(x).any():

@@ -40,6 +40,8 @@ from .compute import row_quantiles
 from .gapstats import DESCRIPTIONS
 
 LEVELS = ("aggregates", "rows", "scores")
+#: Root attribute every bundle carries: how a share url recognises a previous bundle it may replace.
+BUNDLE_MARKER = "critscale_bundle"
 #: Per-row inputs of the fits: kept in float64 so that a reader re-derives the medians (and so
 #: the fits) exactly; every other statistic is shared as float32 (7 significant digits, far below
 #: the sampling error of any quantity here).
@@ -232,6 +234,30 @@ def _write_directory(directory: Path, components) -> None:
     storage.consolidate(directory)  # consolidated metadata and the bundle's checksum manifest
 
 
+def _holds_a_bundle(filesystem, remote: str) -> bool:
+    """Whether ``remote`` is a bundle this project wrote (its root group carries the marker)."""
+    root = f"{remote.rstrip('/')}/zarr.json"
+    if not filesystem.isfile(root):
+        return False
+    return bool(json.loads(filesystem.cat_file(root)).get("attributes", {}).get(BUNDLE_MARKER))
+
+
+def upload(directory, url: str, storage_options: dict | None = None) -> None:
+    """Copy the bundle ``directory`` to ``url`` so that the destination holds exactly it.
+
+    Object storage has no atomic rename, so a previous bundle there is emptied first (otherwise
+    groups of a richer level would linger beside the new one); anything else there is refused."""
+    filesystem, remote = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if filesystem.exists(remote) and filesystem.ls(remote):
+        if not _holds_a_bundle(filesystem, remote):
+            raise FileExistsError(f"share url {url} holds files that are not a critscale bundle; refusing to overwrite them")
+        filesystem.rm(remote, recursive=True)
+    # The marked root first: an upload cut short is still recognised, and replaced, next time.
+    filesystem.makedirs(remote, exist_ok=True)
+    filesystem.put_file(f"{directory}/zarr.json", f"{remote.rstrip('/')}/zarr.json")
+    filesystem.put(f"{directory}/", remote, recursive=True)
+
+
 def pack_bundle(
     out_path,
     *,
@@ -262,13 +288,13 @@ def pack_bundle(
         config=json.dumps(config, sort_keys=True, default=str),
         versions=json.dumps(storage.package_versions(), sort_keys=True),
         source_manifests=json.dumps(sources, sort_keys=True),
+        **{BUNDLE_MARKER: True},
     )
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         directory = Path(tmp) / "bundle.zarr"
         _write_directory(directory, [("", fits), *components])
-        if url:  # object storage: the same directory store, uploaded through fsspec
-            filesystem, remote = fsspec.core.url_to_fs(url, **(storage_options or {}))
-            filesystem.put(f"{directory}/", remote, recursive=True)
+        if url:
+            upload(directory, url, storage_options)
         if fmt == "zip":
             # Zarr's zip convention: the store's keys at the archive root, stored uncompressed
             # (chunks are compressed already).

@@ -161,6 +161,21 @@ def write_manifest(path) -> None:
     Path(path, MANIFEST).write_text(json.dumps({"sha256": checksums}, indent=0, sort_keys=True))
 
 
+def table_manifest(path) -> Path:
+    """The checksum manifest beside a single-file result such as a table (``<name>.`` + :data:`MANIFEST`):
+    a sidecar, since tables of one folder are written by concurrent jobs."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{MANIFEST}")
+
+
+def write_table(table, path) -> None:
+    """Write a result table as CSV with its checksum manifest beside it (critscale-verify checks it)."""
+    path = Path(path)
+    table.to_csv(path, index=False)
+    checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+    table_manifest(path).write_text(json.dumps({"sha256": {path.name: checksum}}, indent=0))
+
+
 def create_scores_store(
     path,
     *,

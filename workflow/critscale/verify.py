@@ -12,14 +12,16 @@ by store and key (``<array>/c/<chunk index>`` for a chunk)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 
-from .storage import MANIFEST, tree_checksums
+from .storage import MANIFEST, table_manifest, tree_checksums
 
 
 @dataclass(frozen=True)
@@ -39,16 +41,7 @@ def _open_tree(location: str, storage_options: dict | None):
     return fsspec.core.url_to_fs(location, **(storage_options or {}))
 
 
-def verify_store(location, storage_options: dict | None = None) -> list[Mismatch]:
-    """Differences between a store (or bundle) and its manifest; empty when it is intact.
-    ``storage_options`` go to fsspec for a URL (credentials, endpoint)."""
-    location = str(location)
-    filesystem, root = _open_tree(location, storage_options)
-    manifest_key = f"{root.rstrip('/')}/{MANIFEST}" if root else MANIFEST
-    if not filesystem.exists(manifest_key):
-        return [Mismatch(location, "", f"no checksum manifest ({MANIFEST}): nothing to check against")]
-    recorded = json.loads(filesystem.cat_file(manifest_key))["sha256"]
-    found = tree_checksums(filesystem, root)
+def _differences(location: str, recorded: dict, found: dict) -> list[Mismatch]:
     mismatches = [Mismatch(location, key, "recorded but missing") for key in sorted(recorded.keys() - found.keys())]
     mismatches += [Mismatch(location, key, "present but not recorded") for key in sorted(found.keys() - recorded.keys())]
     mismatches += [
@@ -59,18 +52,59 @@ def verify_store(location, storage_options: dict | None = None) -> list[Mismatch
     return mismatches
 
 
+def _no_manifest(location: str) -> list[Mismatch]:
+    return [Mismatch(location, "", f"no checksum manifest ({MANIFEST}): nothing to check against")]
+
+
+def _check_tree(location: str, storage_options: dict | None) -> list[Mismatch]:
+    filesystem, root = _open_tree(location, storage_options)
+    manifest_key = f"{root.rstrip('/')}/{MANIFEST}" if root else MANIFEST
+    if not filesystem.exists(manifest_key):
+        return _no_manifest(location)
+    recorded = json.loads(filesystem.cat_file(manifest_key))["sha256"]
+    return _differences(location, recorded, tree_checksums(filesystem, root))
+
+
+def verify_table(path) -> list[Mismatch]:
+    """Differences between a result table and the manifest beside it (:func:`storage.table_manifest`)."""
+    path = Path(path)
+    if not table_manifest(path).is_file():
+        return _no_manifest(str(path))
+    recorded = json.loads(table_manifest(path).read_text())["sha256"]
+    found = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()} if path.is_file() else {}
+    return _differences(str(path), recorded, found)
+
+
+def verify_store(location, storage_options: dict | None = None) -> list[Mismatch]:
+    """Differences between a store (or bundle, or converted model) and its manifest; empty when
+    it is intact.  ``storage_options`` go to fsspec for a URL (credentials, endpoint).  A store
+    that cannot be read at all (a truncated zip, a corrupt manifest) is one mismatch, not an
+    exception, so one damaged file never hides the problems of the others."""
+    location = str(location)
+    try:
+        return _check_tree(location, storage_options)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
+        return [Mismatch(location, "", f"unreadable ({type(error).__name__}: {error})")]
+
+
+def _is_tree(entry: Path) -> bool:
+    """A store (root ``zarr.json``), a directory with a manifest, or a converted model (every
+    directory in ``models/``, so that one converted before manifests existed is reported)."""
+    return (entry / "zarr.json").is_file() or (entry / MANIFEST).is_file() or entry.parent.name == "models"
+
+
 def stores_under(folder) -> list[Path]:
-    """Every store (a directory with a root ``zarr.json``) and zipped bundle under ``folder``;
-    groups inside a store are part of that store."""
+    """Every store, converted model, zipped bundle and ``tables/*.csv`` under ``folder``; groups
+    inside a store are part of that store."""
     found, pending = [], [Path(folder)]
     while pending:
         directory = pending.pop()
         for entry in sorted(directory.iterdir()):
-            if entry.is_dir() and (entry / "zarr.json").is_file():
+            if entry.is_dir() and _is_tree(entry):
                 found.append(entry)
             elif entry.is_dir():
                 pending.append(entry)
-            elif entry.name.endswith(".zarr.zip"):
+            elif entry.name.endswith(".zarr.zip") or (entry.suffix == ".csv" and directory.name == "tables"):
                 found.append(entry)
     return sorted(found)
 
@@ -82,10 +116,10 @@ def verify_locations(locations) -> tuple[list[str], list[Mismatch]]:
         is_folder = "://" not in location and Path(location).is_dir() and not (Path(location) / "zarr.json").exists()
         targets = stores_under(location) if is_folder else [location]
         if not targets:
-            raise ValueError(f"no Zarr store or .zarr.zip bundle under {location!r}")
+            raise ValueError(f"no Zarr store or .zarr.zip bundle (nor table or converted model) under {location!r}")
         for target in targets:
             checked.append(str(target))
-            mismatches += verify_store(target)
+            mismatches += verify_table(target) if str(target).endswith(".csv") else verify_store(target)
     return checked, mismatches
 
 

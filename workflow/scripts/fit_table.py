@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from critscale import runlog
+from critscale import runlog, storage
 
 runlog.to_file(snakemake.log[0])
 table = pd.concat([pd.read_csv(path) for path in snakemake.input], ignore_index=True)
-table.to_csv(snakemake.output[0], index=False)
+storage.write_table(table, snakemake.output[0])
 print(table.head(50).to_string())

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from critscale import fitting, runlog
+from critscale import fitting, runlog, storage
 
 runlog.to_file(snakemake.log[0])
 table = fitting.headline(pd.read_csv(snakemake.input[0]))
-table.to_csv(snakemake.output[0], index=False)
+storage.write_table(table, snakemake.output[0])
 print(table.to_string())

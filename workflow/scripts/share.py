@@ -1,6 +1,6 @@
 """Pack the study's stores and tables into one bundle (thin wrapper over critscale.share)."""
 
-from critscale import runlog, share
+from critscale import config, runlog, share
 
 runlog.to_file(snakemake.log[0])
 settings = snakemake.params.share
@@ -15,7 +15,7 @@ share.pack_bundle(
     config=snakemake.params.study,
     level=settings.get("level", "aggregates"),
     fmt=settings.get("format", "zip"),
-    url=settings.get("url"),
+    url=config.share_url(snakemake.params.study),
     storage_options=settings.get("storage_options"),
 )
 print(f"bundle written to {snakemake.output.bundle}")

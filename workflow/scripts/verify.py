@@ -1,4 +1,4 @@
-"""Check every store and bundle under the results folder (thin wrapper over critscale.verify)."""
+"""Check every store, bundle, table and converted model under the results folder (thin wrapper over critscale.verify)."""
 
 from critscale import runlog, verify
 
