@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from critscale import intervention_stats, runlog
+from critscale import intervention_stats, runlog, storage
 from critscale.figures_intervention import intervention_figure
 
 runlog.to_file(snakemake.log[0])
@@ -17,13 +17,10 @@ table = intervention_stats.contrasts(
     per_window, settings["arms"], level=settings["level"], bootstrap=settings["bootstrap"], seed=snakemake.params.seed
 )
 curves = intervention_stats.by_bucket(buckets, level=settings["level"], seed=snakemake.params.seed)
-table.to_csv(snakemake.output.table, index=False)
-curves.to_csv(snakemake.output.curves, index=False)
-pd.DataFrame([{"window": c["window"], **c["effective_context"]} for c in checks if "effective_context" in c]).to_csv(
-    snakemake.output.effective_context, index=False
-)
-pd.DataFrame([{"window": c["window"], **g} for c in checks for g in c["guard"]]).to_csv(
-    snakemake.output.guard, index=False
-)
+storage.write_table(table, snakemake.output.table)
+storage.write_table(curves, snakemake.output.curves)
+context = pd.DataFrame([{"window": c["window"], **c["effective_context"]} for c in checks if "effective_context" in c])
+storage.write_table(context, snakemake.output.effective_context)
+storage.write_table(pd.DataFrame([{"window": c["window"], **g} for c in checks for g in c["guard"]]), snakemake.output.guard)
 intervention_figure(curves, L).savefig(snakemake.output.figure, dpi=120, bbox_inches="tight")
 print(table.to_string())
