@@ -60,11 +60,11 @@ def validate(config: dict) -> dict:
         grid = config["grids"][name]
         if grid["min"] >= grid["max"]:
             raise ConfigError(f"config key grids.{name}: min ({grid['min']}) must be below max ({grid['max']})")
+    ladder(config["ladder"], "ladder")  # first, so an error in the shared ladder names its own key
     for name, spec in config["families"].items():
         _validate_family(name, spec, ladder(spec.get("ladder", config["ladder"]), f"families.{name}.ladder"))
-    ladder(config["ladder"], "ladder")
     for name, spec in config.get("models", {}).items():
-        ladder(spec["ladder"], f"models.{name}.ladder")
+        _validate_model_entry(name, spec, config.get("extraction", {}))
     for i, study in enumerate(config.get("studies", [])):
         if study["model"] not in config.get("models", {}):
             raise ConfigError(
@@ -93,6 +93,23 @@ def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:
         raise ConfigError(
             f"config key families.{name}.params.ties: {ties} tied keys do not fit the shortest n = {n_ladder[0]} "
             f"of the ladder; lower ties or start the ladder at n >= {ties}"
+        )
+
+
+def _validate_model_entry(name: str, spec: dict, extraction: dict) -> None:
+    """What the schema cannot say about a model entry: a hub model has no GGUF reading (the GGUF
+    conversion needs a local path), and every query window must fit the shortest ``n``."""
+    n_ladder = ladder(spec["ladder"], f"models.{name}.ladder")
+    if "id" in spec and "gguf_file" in spec:
+        raise ConfigError(
+            f"config key models.{name}.gguf_file: a hub model (id + revision) cannot name a GGUF file; "
+            "allowed: gguf_file with a local path or package, or a hub id without gguf_file"
+        )
+    queries = extraction.get("queries")
+    if queries is not None and queries > n_ladder[0]:
+        raise ConfigError(
+            f"config key extraction.queries: {queries} queries do not fit the shortest n = {n_ladder[0]} of "
+            f"models.{name}.ladder; allowed: queries <= {n_ladder[0]}"
         )
 
 
@@ -158,14 +175,17 @@ def load(path) -> dict:
 
 
 def ladder(spec, key: str = "ladder") -> list[int]:
-    """The context lengths of a ladder spec (see the schema), checked to be increasing."""
+    """The context lengths of a ladder spec (see the schema), checked to be increasing and >= 2
+    (a gap statistic needs a second key, so n = 1 has none)."""
     if isinstance(spec, dict):
+        if spec["min_exponent"] < 1:
+            raise ConfigError(f"config key {key}.min_exponent: n = 2^{spec['min_exponent']} = 1 has no gap; allowed: min_exponent >= 1")
         if spec["min_exponent"] >= spec["max_exponent"]:
             raise ConfigError(f"config key {key}: min_exponent must be below max_exponent")
         return [2**e for e in range(spec["min_exponent"], spec["max_exponent"] + 1)]
     values = [int(v) for v in spec]
-    if any(v < 1 for v in values) or sorted(set(values)) != values:
-        raise ConfigError(f"config key {key}: context lengths must be positive and strictly increasing, got {values}")
+    if any(v < 2 for v in values) or sorted(set(values)) != values:
+        raise ConfigError(f"config key {key}: context lengths must be >= 2 (n = 1 has no gap) and strictly increasing, got {values}")
     return values
 
 
