@@ -238,3 +238,25 @@ def test_bad_tiny_configs_stop_before_any_job(tmp_path, change, expected):
     assert run.returncode != 0
     assert expected in run.stdout + run.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [("layers", [999], r"extraction\.layers: \[999\] not in models\.\w+, which has \d+ layers; allowed: 0\.\.\d+"),
+                                                  ("heads", [100], r"extraction\.heads: \[100\] not in models\.\w+, which has \d+ heads; allowed: 0\.\.\d+")])
+def test_layers_and_heads_beyond_the_model_stop(key, value, expected):
+    config = copy.deepcopy(DEFAULT)
+    config["extraction"][key] = value
+    with pytest.raises(study_config.ConfigError, match=expected):
+        study_config.validate_model_sources(config)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}).encode()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')  # the weights are checked before it is read
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes(100))  # 4096 bytes promised
+    config = with_models(tmp_path, {"path": str(tmp_path / "model"), "ladder": [64, 128, 256]})
+    with pytest.raises(study_config.ConfigError, match=r"models\.m: weights file .*model\.safetensors is truncated: \d+ bytes, its header needs \d+"):
+        study_config.validate_model_sources(config)

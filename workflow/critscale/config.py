@@ -128,6 +128,7 @@ def validate_model_sources(config: dict) -> None:
             model_loading.validate_model_spec(spec, max(ladder(spec["ladder"], f"models.{name}.ladder")))
         except model_loading.ModelSpecError as error:
             raise ConfigError(f"config key models.{name}: {error}") from None
+        _validate_layers_heads(config, name)
     for name in sorted({run["corpus"] for run in runs.values()}):
         try:
             corpora.validate_corpus_spec(config["corpora"][name])
@@ -241,14 +242,33 @@ def model_units(config: dict, model: str) -> int:
     chosen = config.get("extraction", {})
     layers, heads = chosen.get("layers"), chosen.get("heads")
     if layers is None or heads is None:
-        spec = config["models"][model]
-        source = model_loading.resolve_model_source(spec)
-        if source["kind"] == "gguf_chunks":  # the first chunk holds the header
-            source = {"kind": "gguf", "path": source["chunks"][0]}
-        n_layers, n_heads = _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
+        n_layers, n_heads = model_shape(config["models"][model])
         layers = range(n_layers) if layers is None else layers
         heads = range(n_heads) if heads is None else heads
     return len(layers) * len(heads)
+
+
+def model_shape(spec: dict) -> tuple[int, int]:
+    """Layers and attention heads of a model entry, from its config or GGUF header (no weights loaded)."""
+    from . import model_loading  # torch and transformers load only when models are used
+
+    source = model_loading.resolve_model_source(spec)
+    if source["kind"] == "gguf_chunks":  # the first chunk holds the header
+        source = {"kind": "gguf", "path": source["chunks"][0]}
+    return _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
+
+
+def _validate_layers_heads(config: dict, name: str) -> None:
+    """``extraction.layers`` / ``heads`` must exist in the model, else the job fails after loading it."""
+    chosen = config.get("extraction", {})
+    if chosen.get("layers") is None and chosen.get("heads") is None:
+        return
+    for key, count in zip(("layers", "heads"), model_shape(config["models"][name])):
+        beyond = [i for i in chosen.get(key) or [] if i >= count]
+        if beyond:
+            raise ConfigError(
+                f"config key extraction.{key}: {beyond} not in models.{name}, which has {count} {key}; allowed: 0..{count - 1}"
+            )
 
 
 def _gguf_shape(path: str) -> tuple[int, int]:
