@@ -26,7 +26,11 @@ def test_default_config_is_valid():
         (lambda c: c["families"]["gaussian"].update(rowz=3), r"families\.gaussian: unknown key\(s\) 'rowz'; allowed keys: .*rows"),
         (lambda c: c.update(ladder=[64, -128, 256]), r"ladder\.1: -128 is less than the minimum of 1"),
         (lambda c: c.update(ladder={"min_exponent": -1, "max_exponent": 5}), r"ladder\.min_exponent: -1 is less than the minimum"),
-        (lambda c: c.update(ladder=[256, 64, 128]), r"ladder: context lengths must be positive and strictly increasing"),
+        (lambda c: c.update(ladder=[256, 64, 128]), r"ladder: context lengths must be >= 2 \(n = 1 has no gap\) and strictly increasing"),
+        (lambda c: c.update(ladder={"min_exponent": 0, "max_exponent": 5}), r"config key ladder\.min_exponent: .*allowed: min_exponent >= 1"),
+        (lambda c: c["models"]["smollm2_135m"].update(ladder=[1, 64, 128]), r"config key models\.smollm2_135m\.ladder: context lengths must be >= 2"),
+        (lambda c: c["models"]["smollm2_135m"].update(id="HuggingFaceTB/SmolLM2-135M", revision="main"), r"config key models\.smollm2_135m\.gguf_file: a hub model .* cannot name a GGUF file"),
+        (lambda c: c.setdefault("extraction", {}).update(queries=40), r"config key extraction\.queries: 40 queries do not fit the shortest n = 32 of models\.\w+\.ladder; allowed: queries <= 32"),
         (lambda c: c.update(seeed=1), r"unknown key\(s\) 'seeed'"),
         (lambda c: c["compute"].update(scheduler="fast"), r"compute\.scheduler: 'fast' does not match"),
         (lambda c: c["grids"]["beta"].update(min=10, max=1), r"grids\.beta: min \(10\) must be below max \(1\)"),
@@ -246,3 +250,25 @@ def test_relative_share_url_stays_under_results():
         config["share"] = {"url": escaping}
         with pytest.raises(study_config.ConfigError, match=r"config key share\.url: relative path .* outside the results folder"):
             study_config.validate(config)
+
+
+@pytest.mark.parametrize("key, value, expected", [("layers", [999], r"extraction\.layers: \[999\] not in models\.\w+, which has \d+ layers; allowed: 0\.\.\d+"),
+                                                  ("heads", [100], r"extraction\.heads: \[100\] not in models\.\w+, which has \d+ heads; allowed: 0\.\.\d+")])
+def test_layers_and_heads_beyond_the_model_stop(key, value, expected):
+    config = copy.deepcopy(DEFAULT)
+    config["extraction"][key] = value
+    with pytest.raises(study_config.ConfigError, match=expected):
+        study_config.validate_model_sources(config)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}).encode()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')  # the weights are checked before it is read
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes(100))  # 4096 bytes promised
+    config = with_models(tmp_path, {"path": str(tmp_path / "model"), "ladder": [64, 128, 256]})
+    with pytest.raises(study_config.ConfigError, match=r"models\.m: weights file .*model\.safetensors is truncated: \d+ bytes, its header needs \d+"):
+        study_config.validate_model_sources(config)

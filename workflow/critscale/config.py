@@ -61,11 +61,11 @@ def validate(config: dict) -> dict:
         grid = config["grids"][name]
         if grid["min"] >= grid["max"]:
             raise ConfigError(f"config key grids.{name}: min ({grid['min']}) must be below max ({grid['max']})")
+    ladder(config["ladder"], "ladder")  # first, so an error in the shared ladder names its own key
     for name, spec in config["families"].items():
         _validate_family(name, spec, ladder(spec.get("ladder", config["ladder"]), f"families.{name}.ladder"))
-    ladder(config["ladder"], "ladder")
     for name, spec in config.get("models", {}).items():
-        ladder(spec["ladder"], f"models.{name}.ladder")
+        _validate_model_entry(name, spec, config.get("extraction", {}))
     for i, study in enumerate(config.get("studies", [])):
         if study["model"] not in config.get("models", {}):
             raise ConfigError(
@@ -115,6 +115,23 @@ def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:
         )
 
 
+def _validate_model_entry(name: str, spec: dict, extraction: dict) -> None:
+    """What the schema cannot say about a model entry: a hub model has no GGUF reading (the GGUF
+    conversion needs a local path), and every query window must fit the shortest ``n``."""
+    n_ladder = ladder(spec["ladder"], f"models.{name}.ladder")
+    if "id" in spec and "gguf_file" in spec:
+        raise ConfigError(
+            f"config key models.{name}.gguf_file: a hub model (id + revision) cannot name a GGUF file; "
+            "allowed: gguf_file with a local path or package, or a hub id without gguf_file"
+        )
+    queries = extraction.get("queries")
+    if queries is not None and queries > n_ladder[0]:
+        raise ConfigError(
+            f"config key extraction.queries: {queries} queries do not fit the shortest n = {n_ladder[0]} of "
+            f"models.{name}.ladder; allowed: queries <= {n_ladder[0]}"
+        )
+
+
 def validate_model_sources(config: dict) -> None:
     """Check every model and corpus a study uses, fast (no weights loaded, no forward pass): a
     missing path, an unreachable hub id, a model whose attention cannot be captured, a ladder beyond the model's
@@ -130,6 +147,7 @@ def validate_model_sources(config: dict) -> None:
             model_loading.validate_model_spec(spec, max(ladder(spec["ladder"], f"models.{name}.ladder")))
         except model_loading.ModelSpecError as error:
             raise ConfigError(f"config key models.{name}: {error}") from None
+        _validate_layers_heads(config, name)
     for name in sorted({run["corpus"] for run in runs.values()}):
         try:
             corpora.validate_corpus_spec(config["corpora"][name])
@@ -177,14 +195,17 @@ def load(path) -> dict:
 
 
 def ladder(spec, key: str = "ladder") -> list[int]:
-    """The context lengths of a ladder spec (see the schema), checked to be increasing."""
+    """The context lengths of a ladder spec (see the schema), checked to be increasing and >= 2
+    (a gap statistic needs a second key, so n = 1 has none)."""
     if isinstance(spec, dict):
+        if spec["min_exponent"] < 1:
+            raise ConfigError(f"config key {key}.min_exponent: n = 2^{spec['min_exponent']} = 1 has no gap; allowed: min_exponent >= 1")
         if spec["min_exponent"] >= spec["max_exponent"]:
             raise ConfigError(f"config key {key}: min_exponent must be below max_exponent")
         return [2**e for e in range(spec["min_exponent"], spec["max_exponent"] + 1)]
     values = [int(v) for v in spec]
-    if any(v < 1 for v in values) or sorted(set(values)) != values:
-        raise ConfigError(f"config key {key}: context lengths must be positive and strictly increasing, got {values}")
+    if any(v < 2 for v in values) or sorted(set(values)) != values:
+        raise ConfigError(f"config key {key}: context lengths must be >= 2 (n = 1 has no gap) and strictly increasing, got {values}")
     return values
 
 
@@ -240,14 +261,33 @@ def model_units(config: dict, model: str) -> int:
     chosen = config.get("extraction", {})
     layers, heads = chosen.get("layers"), chosen.get("heads")
     if layers is None or heads is None:
-        spec = config["models"][model]
-        source = model_loading.resolve_model_source(spec)
-        if source["kind"] == "gguf_chunks":  # the first chunk holds the header
-            source = {"kind": "gguf", "path": source["chunks"][0]}
-        n_layers, n_heads = _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
+        n_layers, n_heads = model_shape(config["models"][model])
         layers = range(n_layers) if layers is None else layers
         heads = range(n_heads) if heads is None else heads
     return len(layers) * len(heads)
+
+
+def model_shape(spec: dict) -> tuple[int, int]:
+    """Layers and attention heads of a model entry, from its config or GGUF header (no weights loaded)."""
+    from . import model_loading  # torch and transformers load only when models are used
+
+    source = model_loading.resolve_model_source(spec)
+    if source["kind"] == "gguf_chunks":  # the first chunk holds the header
+        source = {"kind": "gguf", "path": source["chunks"][0]}
+    return _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
+
+
+def _validate_layers_heads(config: dict, name: str) -> None:
+    """``extraction.layers`` / ``heads`` must exist in the model, else the job fails after loading it."""
+    chosen = config.get("extraction", {})
+    if chosen.get("layers") is None and chosen.get("heads") is None:
+        return
+    for key, count in zip(("layers", "heads"), model_shape(config["models"][name])):
+        beyond = [i for i in chosen.get(key) or [] if i >= count]
+        if beyond:
+            raise ConfigError(
+                f"config key extraction.{key}: {beyond} not in models.{name}, which has {count} {key}; allowed: 0..{count - 1}"
+            )
 
 
 def _gguf_shape(path: str) -> tuple[int, int]:

@@ -367,12 +367,33 @@ def validate_model_spec(spec: dict, max_n: int) -> AttentionLayout:
         arch, positions = gguf_header(source["path"] if source["kind"] == "gguf" else source["chunks"][0])
         config = AutoConfig.for_model(gguf_model_type(arch))
     else:
+        if source["kind"] == "dir":
+            for weights in sorted(Path(source["path"]).glob("*.safetensors")):
+                check_safetensors_size(weights)
         config = _hub_or_local_config(source, spec)
         positions = max_positions(config)
     layout = config_attention_layout(config, bool(spec.get("trust_remote_code", False)))
     if positions is not None and int(max_n) > positions:
         raise ModelSpecError(f"context length {max_n} exceeds the model's {positions} positions; lower the n ladder for this model")
     return layout
+
+
+def check_safetensors_size(path: Path) -> None:
+    """A truncated (e.g. interrupted copy) safetensors file, from its header alone: 8 bytes of
+    header length, the JSON header, then the tensors up to the largest end offset it names.
+    Raises :class:`ModelSpecError` naming the file, not the loader's raw SafetensorError later."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if 8 + length > size:
+                raise ValueError(f"its header needs {8 + length} bytes")
+            header = json.loads(handle.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelSpecError(f"weights file {path} is not a valid safetensors file ({error}); copy it again") from None
+    if 8 + length + end > size:
+        raise ModelSpecError(f"weights file {path} is truncated: {size} bytes, its header needs {8 + length + end}; copy it again")
 
 
 def _hub_or_local_config(source: dict, spec: dict):
