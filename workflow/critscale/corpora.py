@@ -97,11 +97,23 @@ def _files_corpus(spec):
     return files, {"source": "files:" + ",".join(map(str, patterns))}
 
 
+def _check_inside(patterns: list[str], name: str) -> None:
+    """Refuse a glob that could leave the package directory (absolute, or with a ``..`` part):
+    a corpus is the package's own text, never another file of the machine."""
+    for pattern in patterns:
+        if os.path.isabs(pattern) or ".." in Path(pattern).parts:
+            raise CorpusError(
+                f"package {name!r}: glob {pattern!r} escapes the package directory; "
+                "use a pattern relative to the package, without '..'"
+            )
+
+
 def _package_corpus(spec):
     name = spec.get("package")
     patterns = _as_list(spec.get("glob", "**/*.txt"))
     if not name:
         raise CorpusError("a 'package' corpus needs 'package': the installed distribution or import name")
+    _check_inside(patterns, name)
     files: list[Path] = []
     try:
         dist = importlib.metadata.distribution(name)
@@ -205,6 +217,31 @@ def validate_corpus_spec(spec: dict) -> None:
                 raise CorpusError(f"package {name!r} is not installed; pip install it or change the corpus spec") from None
     if kind == "huggingface" and not spec.get("dataset"):
         raise CorpusError("a 'huggingface' corpus needs 'dataset' (or a 'preset')")
+
+
+def check_pinned(spec: dict, needed_tokens: int) -> dict:
+    """Load a corpus and check it against its pin before any job: the ``sha256`` recorded in the
+    spec (a mismatch means the text changed under the same name) and a bound on its length.
+
+    Tokenising at config validation would cost minutes, so the length check is a conservative
+    bound: a byte-level tokenizer emits at most one token per UTF-8 byte (plus one separator
+    per document), so a corpus below ``needed_tokens`` by that count can never hold the windows.
+    :func:`token_windows` still checks the exact count.  Returns the provenance."""
+    texts, info = load_corpus(spec)
+    pinned = spec.get("sha256")
+    if pinned and info["checksum"] != "sha256:" + str(pinned).removeprefix("sha256:"):
+        raise CorpusError(
+            f"checksum mismatch: the text of {info['source']} has {info['checksum']}, the config pins "
+            f"sha256:{str(pinned).removeprefix('sha256:')}; install the pinned version or update 'sha256'"
+        )
+    most_tokens = sum(len(t.encode("utf-8", errors="replace")) for t in texts) + len(texts)
+    if most_tokens < needed_tokens:
+        raise CorpusError(
+            f"corpus too short: the windows need {needed_tokens} tokens without overlap, its "
+            f"{info['characters']} characters hold at most {most_tokens} tokens; lower 'sequences' "
+            "or the longest n, or use a larger corpus"
+        )
+    return info
 
 
 def load_corpus(spec: dict) -> tuple[list[str], dict]:
