@@ -15,13 +15,13 @@ A corpus spec is a dict with a ``kind``:
 ``{kind: debian, package: NAME, version: V, glob: PATTERN | [...]}``
     Files a Debian package installed (absolute paths of its dpkg file list), at the pinned version.
     ``format: r_lazyload`` reads an R data package's ``Rdata.rdx``: one document per object.
-Any local kind may pin ``sha256: HEX``, the checksum of its text (:func:`check_pinned`).
 ``{kind: stdlib}``
     The Python standard library source of the running interpreter (``*.py``; ``test``/``tests``,
     ``site-packages`` and ``idlelib`` excluded unless ``include_tests: true``), sorted by path.
 ``{kind: package_readmes}``
     README / long descriptions in the metadata of the installed distributions, sorted by name;
-    descriptions shorter than ``min_chars`` (default 200) are skipped.
+    descriptions shorter than ``min_chars`` (default 200) are skipped.  This kind and ``stdlib``
+    depend on the environment (interpreter, installed packages), so they cannot be pinned.
 ``{kind: huggingface, dataset: NAME, split: ..., text_field: ..., config: ..., revision: ...}``
     A Hugging Face dataset, streamed; ``preset: pg19 | proof-pile-2 | slimpajama | openwebtext``
     fills the fields (``kind: pg19`` etc. is a shorthand).  Needs the ``datasets`` package and
@@ -29,7 +29,8 @@ Any local kind may pin ``sha256: HEX``, the checksum of its text (:func:`check_p
 
 :func:`load_corpus` returns ``(texts, provenance)`` where provenance holds the source, the file
 (or document) list and one sha256 checksum over the texts.  :func:`token_windows` tokenises per
-model, cuts non-overlapping windows and chooses them deterministically by seed.
+model, cuts non-overlapping windows and chooses them deterministically by seed.  Any local kind
+may pin ``sha256: HEX``, the checksum of its text, checked with its length by :func:`check_pinned`.
 """
 
 from __future__ import annotations
