@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_PIN = $(shell grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)
 
-.PHONY: study long intervene test chromium benchmark share verify dry-run lock readme-figures clean-results
+.PHONY: study long intervene test chromium debian-corpora benchmark share verify dry-run lock readme-figures clean-results
 
 $(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,9 +52,22 @@ chromium:
 	    exit 1; \
 	  fi; }
 
+# The pinned corpora of config.yaml that Debian packages (the tests read them too). Checked
+# first, so a machine that cannot install them stops within seconds with the command to run.
+DEBIAN_CORPORA := r-cran-janeaustenr pari-doc
+debian-corpora:
+	@dpkg-query -W $(DEBIAN_CORPORA) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing the corpora's Debian packages (apt-get install -y $(DEBIAN_CORPORA))"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_CORPORA) >/dev/null; \
+	  else \
+	    echo "the corpora need Debian packages; run: sudo apt-get install -y $(DEBIAN_CORPORA)" >&2; \
+	    exit 1; \
+	  fi; }
+
 # A killed run resumes: profiles/default sets rerun-incomplete, and workflow/rules/common.smk
 # removes the lock of a killed run when no other snakemake runs in this directory.
-study: $(STAMP)
+study: debian-corpora $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config --config results=$(RESULTS) \
 		--report $(RESULTS)/report.html --report-after-run
 
@@ -68,7 +81,7 @@ intervene: $(STAMP)
 	$(BIN)/snakemake -n intervene --cores $(CORES) --configfile config/intervene.yaml --replace-workflow-config | grep -A20 '^Job stats'
 	/usr/bin/time -f 'make intervene: %e s wall' $(BIN)/snakemake intervene --cores $(CORES) --configfile config/intervene.yaml --replace-workflow-config
 
-test: chromium $(STAMP)
+test: chromium debian-corpora $(STAMP)
 	$(BIN)/python -m pytest
 
 benchmark: $(STAMP)

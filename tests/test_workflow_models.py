@@ -63,12 +63,12 @@ def test_adding_a_model_then_a_corpus_runs_only_their_jobs(tmp_path, tiny_llama)
     assert (results / "tables" / "rule_drift.csv").is_file()
 
     two = config_with(
-        tmp_path, "two.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare", "python_stdlib"]}]
+        tmp_path, "two.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare", "xarray_source"]}]
     )
     run = snakemake("-n", config=two, results=results)
     jobs = planned_jobs(run)
     assert jobs["model_scores"] == 1 and jobs["statistics"] == 1, jobs
-    assert "model_source=tiny_llama__python_stdlib" in run.stdout
+    assert "model_source=tiny_llama__xarray_source" in run.stdout
     assert "model_source=tiny_llama__shakespeare" not in run.stdout
     shutil.rmtree(results)
 

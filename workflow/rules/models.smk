@@ -11,7 +11,7 @@ rule assemble_gguf:
     conda:
         "../envs/critscale.yaml"
     params:
-        package=lambda wildcards: config["models"][wildcards.model]["package"],
+        spec=lambda wildcards: canonical(config["models"][wildcards.model]),
     script:
         "../scripts/assemble_gguf.py"
 
