@@ -162,3 +162,15 @@ def test_an_intervention_on_an_unknown_source_stops_before_any_job(tmp_path):
     assert run.returncode != 0
     assert "intervention.source: 'nobody' is not a model source" in run.stdout + run.stderr
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_shared_prefix_is_untempered_whatever_arm_comes_first(model):
+    """Without a `none` arm, and with an ungated arm first, every arm still equals its own
+    whole-window run."""
+    ids = tokens()
+    arms = intervention.arms(document_for(model), ["ssmax", "per_head", "yarn"], seed=1)
+    edges = intervention.bucket_edges(L, LENGTH, shortest=4)
+    _, _, nll = intervention.run_handling(model, ids, arms, "none", training_length=L, edges=edges, chunk=16)
+    run = intervention.WindowRun(model, ids, 0, 16, ())
+    for name, schedule in arms.items():
+        assert np.allclose(run.arm(schedule)[0], nll[name], atol=1e-5), name

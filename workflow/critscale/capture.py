@@ -86,18 +86,18 @@ def critscale_attention_forward(module, query, key, value, attention_mask, **kwa
         raise UnsupportedArchitectureError(f"{type(module).__name__} passes {extra} to its attention; not supported")
     capture = _ACTIVE[-1] if _ACTIVE else None
     mode = capture.mode if capture is not None else "eager"
+    picked = None  # the reference forward's weights of the captured rows only (long windows)
     if mode == "sdpa" and kwargs.get("softcap") is None:
         output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     elif mode == "reference" and query.shape[2] > QUERY_BLOCK:
         eager_bias = _additive_mask(module, query, key, attention_mask)
         output, picked = _eager_by_query_blocks(module, query, key, value, eager_bias, capture.positions, **kwargs)
-        capture.record(module, query, key, attention_mask, kwargs, None, picked)
-        return output, None
+        weights = None
     else:
         eager_bias = _additive_mask(module, query, key, attention_mask)
         output, weights = model_eager_attention(module)(module, query, key, value, eager_bias, **kwargs)
     if capture is not None:
-        capture.record(module, query, key, attention_mask, kwargs, weights)
+        capture.record(module, query, key, attention_mask, kwargs, weights, picked)
     return output, weights
 
 

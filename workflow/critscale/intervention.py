@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import schedules
 from .capture import _repeat_kv
-from .tempering import LogPowerSchedule, published_rules, tempered
+from .tempering import identity, published_rules, query_positions, tempered
 
 HANDLINGS = ("none", "linear", "dynamic", "yarn")
 ARMS = ("none", "per_head", "per_layer", "dose_matched", "shuffled", "qwen_logn", "llama4", "yarn", "ssmax")
@@ -50,7 +50,7 @@ def arms(document: dict, names, *, seed: int) -> dict:
     per_head = schedules.schedule_variant(document, "per_head")
     layers, heads = document["layers"], document["heads"]
     built = {
-        "none": LogPowerSchedule("none", np.zeros((layers, heads)), L),
+        "none": identity(L),
         "per_head": per_head,
         "per_layer": schedules.schedule_variant(document, "per_layer"),
         "dose_matched": schedules.schedule_variant(document, "global"),
@@ -155,10 +155,8 @@ class EntropyProbe:
     def __call__(self, layer, module, query, key, value, mask, kwargs):
         import torch
 
-        position_ids = kwargs.get("position_ids")
-        if position_ids is None:
-            position_ids = torch.arange(key.shape[2] - query.shape[2], key.shape[2])[None]
-        here = [(i, int(p)) for i, p in enumerate(position_ids[0].tolist()) if p in self.positions]
+        here = [(i, int(p)) for i, p in enumerate(query_positions(query, key, kwargs)[0].tolist())
+                if p in self.positions]
         if not here:
             return
         keys = _repeat_kv(key, query.shape[1] // key.shape[1])[0].float()
@@ -193,13 +191,13 @@ class WindowRun:
             output = base(ids, cache=cache, use_cache=cache is not None)
         return output.last_hidden_state
 
-    def shared_prefix(self, identity):
+    def shared_prefix(self, training_length: int):
         """Hidden states, entropies and the KV cache of the first ``prefix`` tokens (untempered)."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
         probe = EntropyProbe(self.probe_positions)
-        hidden = self._forward(identity, self.ids[:, :self.prefix], cache=cache, probe=probe)
+        hidden = self._forward(identity(training_length), self.ids[:, :self.prefix], cache=cache, probe=probe)
         return hidden, cache, probe.table()
 
     def arm(self, schedule, shared=None):
@@ -244,8 +242,7 @@ def run_handling(model, ids, schedules_by_arm: dict, handling: str, *, training_
     run = WindowRun(model, ids, prefix, chunk, probe_positions)
     buckets, entropies, nll_by_arm = [], [], {}
     with rope_handling(model, handling, training_length, length):
-        shared = run.shared_prefix(schedules_by_arm.get("none") or next(iter(schedules_by_arm.values()))) \
-            if share else None
+        shared = run.shared_prefix(training_length) if share else None
         for name, schedule in schedules_by_arm.items():
             own = shared if share and schedule.identity_through() >= prefix else None
             nll, entropy = run.arm(schedule, own)
@@ -277,7 +274,7 @@ def effective_context(model, ids, full_nll: np.ndarray, short_context: int, chun
     last ``short_context`` tokens (untempered, the model's own RoPE)."""
     targets = short_context // 2
     run = WindowRun(model, ids[:, -short_context:], 0, chunk, ())
-    short_nll, _ = run.arm(LogPowerSchedule("none", np.zeros((1, 1)), 2))
+    short_nll, _ = run.arm(identity(2))
     return {"targets": targets, "context_full": int(ids.shape[1] - targets), "context_short": short_context - targets,
             "full_nll": float(full_nll[-targets:].mean()), "short_nll": float(short_nll[-targets:].mean())}
 

@@ -174,7 +174,12 @@ class _Tempering:
         self.probe = probe
 
 
-def _query_positions(query, key, kwargs):
+def identity(training_length: int) -> Schedule:
+    """The untempered schedule: every factor 1 (for any number of layers and heads)."""
+    return LogPowerSchedule("none", np.zeros((1, 1)), int(training_length))
+
+
+def query_positions(query, key, kwargs):
     """``(batch, query)`` positions: the model's ``position_ids``, else the last keys' positions."""
     import torch
 
@@ -192,7 +197,7 @@ def tempered_attention_forward(module, query, key, value, attention_mask, **kwar
 
     tempering = _ACTIVE[-1]
     layer = tempering.layer_of[id(module)]
-    n = _query_positions(query, key, kwargs).detach().cpu().numpy() + 1
+    n = query_positions(query, key, kwargs).detach().cpu().numpy() + 1
     beta = tempering.schedule.factors(layer, n)  # (heads | 1, batch, query)
     if not np.all(beta == 1.0):
         factor = torch.as_tensor(np.moveaxis(beta, 0, 1), dtype=query.dtype, device=query.device)

@@ -7,7 +7,6 @@ from pathlib import Path
 from critscale import config as study_config
 from critscale import model_loading
 from critscale import stalelock
-from critscale import intervention
 
 study_config.validate(config)
 
@@ -149,7 +148,9 @@ def prescription_targets():
 # used by intervention.smk
 INTERVENTION = config.get("intervention", {})
 INTERVENTION_WINDOWS = list(range(INTERVENTION.get("windows", 0)))
-if INTERVENTION:
+if INTERVENTION:  # imported only here: it adds seconds to every parse of every job
+    from critscale import intervention
+
     intervention.check_settings(INTERVENTION, MODEL_RUNS, config["fitting"]["training_length"])
 
 

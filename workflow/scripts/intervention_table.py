@@ -1,6 +1,7 @@
 """The intervention's tables and figure from every window (thin wrapper over critscale.intervention_stats)."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -10,7 +11,7 @@ from critscale.figures_intervention import intervention_figure
 runlog.to_file(snakemake.log[0])
 settings = snakemake.params.intervention
 buckets = pd.concat([pd.read_csv(path) for path in snakemake.input.buckets], ignore_index=True)
-checks = [json.loads(open(path).read()) for path in snakemake.input.checks]
+checks = [json.loads(Path(path).read_text()) for path in snakemake.input.checks]
 L = snakemake.params.training_length
 per_window = intervention_stats.beyond_length(buckets, L)
 table = intervention_stats.contrasts(
