@@ -101,8 +101,8 @@ def test_self_check_catches_inexact_capture(tmp_path, tokenizer, hamlet, monkeyp
     model = tiny_model("llama")
     original = cap._Capture.record
 
-    def skewed(self, module, query, key, mask, kwargs, weights):
-        return original(self, module, query * 1.001, key, mask, kwargs, weights)
+    def skewed(self, module, query, key, mask, kwargs, weights, picked=None):
+        return original(self, module, query * 1.001, key, mask, kwargs, weights, picked)
 
     monkeypatch.setattr(cap._Capture, "record", skewed)
     with pytest.raises(cap.ExactnessError):
