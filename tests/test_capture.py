@@ -263,3 +263,18 @@ def test_layer_that_silently_skips_the_registry_is_caught_by_the_probe(monkeypat
     monkeypatch.setattr(attention, "forward", lambda hidden_states, **kwargs: (torch.zeros_like(hidden_states), None))
     with pytest.raises(ml.UnsupportedArchitectureError, match=r"layers \[0\] bypassed"):
         cap.probe_layers(model)
+
+
+def test_self_check_memory_is_bounded_by_query_blocks():
+    """The reference forward holds the eager mask and a few weight blocks, never a whole matrix:
+    at n = 4096 with SmolLM2's 9 heads, the mask (64 MiB) plus four 512-query blocks (72 MiB each)
+    bound what it adds (a view of a picked row kept its whole block alive: about 4 blocks more)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_self_check_memory.py"
+    run = subprocess.run([sys.executable, str(script), "4096"], capture_output=True, text=True, check=True)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["self_check_added"] < result["mask"] + 4 * result["weight_block"] + 32, run.stdout

@@ -48,8 +48,8 @@ MODES = ("sdpa", "eager", "reference")
 CAPTURE_TOL = {"float64": 1e-12, "float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 # SDPA-continued vs eager forward: rounding differences accumulated through the layers
 # queries per eager call of the self-check's reference forward: bounds its weights to
-# heads x QUERY_BLOCK x n (SmolLM2 at n = 8192: 0.3 GB instead of 2.4 GB per layer)
-QUERY_BLOCK = 1024
+# heads x QUERY_BLOCK x n (SmolLM2 at n = 8192: 0.15 GB instead of 2.4 GB per layer)
+QUERY_BLOCK = 512
 DRIFT_TOL = {"float64": 1e-9, "float32": 1e-3, "float16": 5e-2, "bfloat16": 2e-1}
 
 
@@ -114,7 +114,9 @@ def _eager_by_query_blocks(module, query, key, value, bias, positions, **kwargs)
         stop = start + QUERY_BLOCK
         output, weights = eager(module, query[:, :, start:stop], key, value, bias[:, :, start:stop], **kwargs)
         outputs.append(output)
-        picked.update({p: weights[:, :, p - start] for p in wanted if start <= p < stop})
+        # a copy: a view of one row would keep the block's whole ``heads x block x n`` weights alive
+        picked.update({p: weights[:, :, p - start].clone() for p in wanted if start <= p < stop})
+        del output, weights
     return torch.cat(outputs, 1), torch.stack([picked[p] for p in wanted], 2)
 
 
