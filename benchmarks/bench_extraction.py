@@ -34,6 +34,7 @@ from critscale import extraction as ex
 from critscale import model_loading as ml
 from critscale.score_writer import RowChunkWriter, choose_row_chunk
 from critscale.storage import create_scores_store
+from machine import describe, summary_line
 
 
 class PeakRSS:
@@ -120,6 +121,7 @@ def child(args):
     else:
         model, layers = tiny_llama(args.case), None
     ids = torch.randint(0, model.config.vocab_size, (args.windows, args.n), generator=torch.Generator().manual_seed(0))
+    print(summary_line(describe()))
     ladder = [n for n in (64, 128, 256, 512, 1024, 2048, 4096, 8192) if n < args.n] + [args.n]
     seconds, peak = run_mode(model, ids, ladder, args.queries, args.attention_output, args.repeat, layers, args.mode)
     print(json.dumps({"seconds": seconds, "peak_mib": peak, "heads": model.config.num_attention_heads}))

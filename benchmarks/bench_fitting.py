@@ -19,6 +19,7 @@ import numpy as np
 from critscale.coverage import stats_from_rows
 from critscale.fitting import fit_source
 from critscale.resampling import SortedRows, unit_multiplicities
+from machine import describe, summary_line
 
 LADDER = (64, 128, 256, 512, 1024, 2048)
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", help="path of another fitting.py to time on the same store")
     args = parser.parse_args()
+    print(summary_line(describe()))
     stats = model_like_store(args.heads, args.windows, args.queries)
     print(f"{args.heads} heads x {args.windows} windows x {args.queries} queries x {len(LADDER)} lengths, "
           f"{args.resamples} resamples (best of {args.repeats})")

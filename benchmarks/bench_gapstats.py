@@ -31,6 +31,7 @@ from critscale import compute, storage
 from critscale import config as study_config
 from critscale.gapstats import RESPONSE_NAMES, pack, sorted_gaps, unpack
 from critscale.reference import reference_row
+from machine import describe, summary_line
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = study_config.grids(yaml.safe_load((ROOT / "config.yaml").read_text())["grids"])
@@ -168,7 +169,9 @@ def main():
     parser.add_argument("--memory-rows", type=int, nargs="+", default=[256, 1024, 4096])
     args = parser.parse_args()
     print(f"{len(GRIDS.beta)} absolute + {len(GRIDS.rho)} relative betas, {len(GRIDS.t)} t, {len(GRIDS.resolutions)} r; best of {args.repeats}")
-    report = {}
+    machine = describe()
+    print(summary_line(machine))
+    report = {"machine": machine}
     for n in args.n:
         rows = max(args.elements // n, 2 * args.reference_rows)
         result = measure(n, rows, min(args.reference_rows, rows), args.repeats)

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from critscale.compute import row_quantiles
+from machine import describe, summary_line
 
 LEVELS = [0.1, 0.25, 0.5, 0.75, 0.9]
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    print(summary_line(describe()))
     values = curve(270, 6, 43, args.rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from critscale import capture as cap
+from machine import describe, summary_line
 
 HEADS, KV_HEADS, HIDDEN = 9, 3, 576  # SmolLM2-135M's attention
 LADDER = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -55,8 +56,9 @@ def measure(n: int) -> dict:
 
 
 if __name__ == "__main__":
+    print(summary_line(describe()))
     result = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 8192)
     print(f"n = {result['n']}: the self-check adds {result['self_check_added']:.0f} MiB above the capture forward "
           f"(mask {result['mask']:.0f} MiB, weight block of {result['query_block']} queries {result['weight_block']:.0f} MiB; "
           f"one unblocked heads x n x n matrix: {result['whole_matrix']:.0f} MiB)")
-    print(json.dumps(result))
+    print(json.dumps(result | {"machine": describe()}))

@@ -17,6 +17,7 @@ import xarray as xr
 import zarr.codecs as codecs
 
 from critscale import share, storage
+from machine import describe, summary_line
 
 CODECS = {
     "none": (),
@@ -56,6 +57,7 @@ def chunk_bytes(directory: Path) -> int:
 
 
 def main(results: Path, repeats: int) -> None:
+    print(summary_line(describe()))
     datasets = components(results)
     print(f"{len(datasets)} datasets, {sum(ds.nbytes for ds in datasets) / 1e6:.2f} MB in memory")
     print(f"{'codec':22s} {'chunk bytes':>12s} {'write s':>8s} {'read s':>8s}")
