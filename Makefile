@@ -76,10 +76,12 @@ long: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/long.yaml --replace-workflow-config
 
 # The intervention (config/intervene.yaml): SmolLM2's schedule and the published rules beyond its
-# 8192 positions; prints the plan's size first and the wall time at the end.
+# 8192 positions; prints the plan's size first and the wall time at the end. INTERVENE_CONFIG takes
+# overlays: make intervene INTERVENE_CONFIG="config/intervene.yaml config/intervene-1.25L.yaml"
+INTERVENE_CONFIG ?= config/intervene.yaml
 intervene: $(STAMP)
-	$(BIN)/snakemake -n intervene --cores $(CORES) --configfile config/intervene.yaml --replace-workflow-config | grep -A20 '^Job stats'
-	/usr/bin/time -f 'make intervene: %e s wall' $(BIN)/snakemake intervene --cores $(CORES) --configfile config/intervene.yaml --replace-workflow-config
+	$(BIN)/snakemake -n intervene --cores $(CORES) --configfile $(INTERVENE_CONFIG) --replace-workflow-config | grep -A20 '^Job stats'
+	/usr/bin/time -f 'make intervene: %e s wall' $(BIN)/snakemake intervene --cores $(CORES) --configfile $(INTERVENE_CONFIG) --replace-workflow-config
 
 test: chromium debian-corpora $(STAMP)
 	$(BIN)/python -m pytest
