@@ -20,7 +20,7 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from critscale import compute, families, figures, readme_figures, storage
+from critscale import compute, families, figures, prescriptions, readme_figures, storage
 from critscale import config as study_config
 from report_check import PNG_SIGNATURE, report_problems
 
@@ -248,7 +248,6 @@ def test_rule_drift_and_operating_points_handle_ties(tmp_path):
 
 
 def test_figures_from_real_prescription_tables(model_stats, tmp_path):
-    prescriptions = pytest.importorskip("critscale.prescriptions")
     saved_png(figures.rule_drift(prescriptions.rule_drift(model_stats, training_length=16)), tmp_path / "d.png")
     saved_png(figures.operating_points(prescriptions.operating_points(model_stats)), tmp_path / "o.png")
 
@@ -362,7 +361,6 @@ def study_family_fits():
 @pytest.fixture(scope="module")
 def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, narrow_scale_stats):
     """(name, figure factory) for every figure function, on families, a small and a 30 x 9 model."""
-    prescriptions = pytest.importorskip("critscale.prescriptions")
     small_fits = fit_rows("toy_model", "model", MODEL_UNITS, [0.5, 1.02, 1.6, np.nan], layer=[0, 0, 1, 1],
                           head=[0, 1, 0, 1])
     family_fits = fit_rows("gaussian", "family", ["gaussian"], [0.8])
