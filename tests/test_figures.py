@@ -22,8 +22,9 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from critscale import compute, families, figures, prescriptions, readme_figures, storage
+from critscale import compute, figures, prescriptions, readme_figures, storage
 from critscale import config as study_config
+from critscale.families.dataset import family_dataset
 from critscale.figures import canvas, exponents, per_source, selection, tables
 from critscale.figures import prescriptions as prescription_figures
 from critscale.laws import LAWS
@@ -46,7 +47,7 @@ def family_stats(tmp_path_factory):
     """Gaussian family rows with the finite-n prediction carried into the statistics store."""
     folder = tmp_path_factory.mktemp("family")
     spec = {"family": "gaussian", "params": {"sigma": 1.0}}
-    scores = families.family_dataset("gaussian", spec, n_ladder=FAMILY_LADDER, rows=12, seed=3, row_chunk=12,
+    scores = family_dataset("gaussian", spec, n_ladder=FAMILY_LADDER, rows=12, seed=3, row_chunk=12,
                                      prediction_draws=64)
     storage.write_dataset(scores, folder / "scores.zarr")
     compute.compute_statistics_store(folder / "scores.zarr", folder / "stats.zarr", GRIDS)

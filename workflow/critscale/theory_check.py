@@ -2,7 +2,7 @@
 
 * :func:`theorem_violations`: the per-row finite-``n`` theorems, on every row and grid point.
 * :func:`compare_with_theory`: a synthetic family's measured ``Lambda_n`` against the finite-``n``
-  prediction from its law (:func:`critscale.families.predict_accumulation_scale`) -- never against
+  prediction from its law (:func:`critscale.families.predictions.predict_accumulation_scale`) -- never against
   the asymptote, which study-sized ``n`` are far from.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .families import MEDIAN_CHECK_ALPHA, Simplex, Sphere, Tied, make_family, median_interval_levels
+from .families.catalog import make_family
+from .families.predictions import MEDIAN_CHECK_ALPHA, median_interval_levels
 
 VIOLATION_COLUMNS = ("source", "unit", "n", "row", "inequality", "grid", "at", "lhs", "rhs")
 COMPARISON_COLUMNS = (
@@ -268,7 +269,7 @@ def compare_with_theory(stats, fit: float | pd.DataFrame | None = None) -> pd.Da
 
     * ``median`` (random i.i.d. rows, per ``n``): the median over rows must lie in the interval of
       predicted quantiles that holds the median of that many rows with probability
-      ``1 - MEDIAN_CHECK_ALPHA`` (:func:`critscale.families.median_interval_levels`, which also
+      ``1 - MEDIAN_CHECK_ALPHA`` (:func:`critscale.families.predictions.median_interval_levels`, which also
       accounts for the Monte-Carlo error of the prediction);
     * ``every_row_exact`` (simplex, quantile rows, per ``n``): every row equals the prediction
       to ``EXACT_RTOL``; ``every_row_tied`` (tied): every row has ties and ``Lambda = inf``;
@@ -299,7 +300,7 @@ def compare_with_theory(stats, fit: float | pd.DataFrame | None = None) -> pd.Da
     levels = prediction[prediction.dims[1]].values
     predicted_median = np.array([_interval(p, levels, 0.5, 0.5)[0] for p in prediction.values])
     n_values = stats["n"].values.astype(np.float64)
-    exact = isinstance(family, Simplex) or sampling == "quantile"
+    exact = family.predicted_exactly(sampling)
 
     records = []
     for unit in stats["unit"].values:
@@ -314,7 +315,7 @@ def compare_with_theory(stats, fit: float | pd.DataFrame | None = None) -> pd.Da
             base = {"source": source, "unit": unit, "n": n, "measured": median, "predicted": predicted_median[i]}
             with np.errstate(invalid="ignore", divide="ignore"):
                 base["ratio"] = median / predicted_median[i]
-            if isinstance(family, Tied):
+            if family.ties_at_maximum:
                 tied = int(np.sum((ties_all[i][valid] >= 2) & np.isposinf(lam)))
                 passed = rows > 0 and tied == rows and np.isposinf(predicted_median[i])
                 records.append(base | {"check": "every_row_tied", "lower": np.inf, "upper": np.inf,
@@ -338,19 +339,13 @@ def compare_with_theory(stats, fit: float | pd.DataFrame | None = None) -> pd.Da
             medians.append(median)
             lowers.append(lower)
             uppers.append(upper)
-        if isinstance(family, Tied):
+        if family.ties_at_maximum:  # Lambda is infinite at every n: no exponent to fit
             continue
         medians, lowers, uppers = map(np.asarray, (medians, lowers, uppers))
-        if isinstance(family, Sphere):
-            check = _exponent_check(source, unit, "power_exponent", np.log(n_values), medians,
-                                    predicted_median, lowers, uppers, "slope of log median on log n")
-            asymptote, asymptote_name = 2.0 / (int(family.params["d"]) - 1), "asymptotic_power_exponent"
-        else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                x = np.where(n_values >= 3, np.log(np.log(n_values)), np.nan)
-            check = _exponent_check(source, unit, "xi", x, medians, predicted_median, lowers, uppers,
-                                    "slope of log median on log log n")
-            asymptote, asymptote_name = float(family.asymptotic_xi), "asymptotic_xi"
+        growth = family.growth
+        check = _exponent_check(source, unit, growth.exponent, growth.axis(n_values), medians, predicted_median,
+                                lowers, uppers, f"slope of log median on {growth.axis_name}")
+        asymptote, asymptote_name = family.asymptotic_exponent, f"asymptotic_{growth.exponent}"
         records.append(check)
         if np.isnan(check["predicted"]):
             continue
