@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make study CORES=2   - creates .venv if needed, runs the default study, builds the report
 #   make test            - installs Chromium if missing, creates .venv if needed, runs the test suite
+#   make test-fast       - the same without the tests marked slow (Snakemake, real models, browser)
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
@@ -18,7 +19,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_PIN = $(shell grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)
 
-.PHONY: study long intervene test chromium debian-corpora benchmark share verify dry-run lock readme-figures clean-results
+.PHONY: study long intervene test test-fast chromium debian-corpora benchmark share verify dry-run lock readme-figures clean-results
 
 $(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,6 +86,11 @@ intervene: $(STAMP)
 
 test: chromium debian-corpora $(STAMP)
 	$(BIN)/python -m pytest
+
+# No Snakemake run, plan or lint, no real model and no browser (the `slow` marker of
+# pyproject.toml), so no Chromium; the corpora stay, the config tests read them.
+test-fast: debian-corpora $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_gapstats.py

@@ -73,9 +73,9 @@ def small_grids() -> Grids:
 
 def build_family_stats(name: str, spec: dict, n_ladder, rows: int, grids: Grids, *, seed=0, dtype="float32",
                        prediction_draws=2000) -> xr.Dataset:
-    """Statistics of a synthetic family made by :func:`critscale.families.family_dataset`, with
+    """Statistics of a synthetic family made by :func:`critscale.families.dataset.family_dataset`, with
     its predictions and attributes carried over as the Dask stage carries them."""
-    from critscale.families import family_dataset
+    from critscale.families.dataset import family_dataset
 
     scores = family_dataset(name, spec, n_ladder, rows, seed, row_chunk=64, dtype=dtype,
                             prediction_draws=prediction_draws).compute()

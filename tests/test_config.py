@@ -44,6 +44,7 @@ def test_config_errors_name_the_key(mutate, expected):
         study_config.validate(config)
 
 
+@pytest.mark.slow
 def test_snakemake_stops_before_any_job(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["families"]["gaussian"]["family"] = "gausian"
@@ -59,6 +60,7 @@ def test_snakemake_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_default_study_plans_a_bundle_of_every_level(tmp_path):
     # the sink variant has no score store of its own: the scores level takes its pair's
     for level in ("aggregates", "rows", "scores"):
@@ -218,6 +220,7 @@ def test_refuses_when_the_estimate_exceeds_the_free_disk(tmp_path, monkeypatch):
     study_config.check_storage(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, expected",
     [

@@ -10,8 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
-from critscale import families, gapstats, storage, theory_check
-from critscale.families import generate_rows, predict_accumulation_scale
+from critscale import gapstats, storage, theory_check
+from critscale.families import predictions
+from critscale.families.catalog import make_family
+from critscale.families.dataset import family_dataset
+from critscale.families.predictions import predict_accumulation_scale
+from critscale.families.rows import generate_rows
+from critscale.families.spec import parse_spec
 
 GRIDS = gapstats.Grids(t=[0.1], resolutions=[0.0], beta=[1.0], rho=[0.5])
 IID = {
@@ -58,18 +63,18 @@ def test_any_split_of_rows_gives_the_same_scores(cut, seed):
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: families.make_family("cauchy", {}), "unknown family 'cauchy'.*gaussian"),
-        (lambda: families.make_family("gaussian", {"scale": 1}), "unknown parameter 'scale'.*sigma"),
-        (lambda: families.make_family("gaussian", {"sigma": -1}), "'sigma'=-1.*> 0"),
-        (lambda: families.make_family("weibull", {}), "'gamma' is required"),
-        (lambda: families.make_family("simplex", {"q": 0, "p": 1}), "'p'=1 must be < q"),
-        (lambda: families.make_family("sphere", {"d": 2.5}), "'d'=2.5.*integer >= 2"),
-        (lambda: families.make_family("tied", {"ties": 1}), "'ties'=1.*integer >= 2"),
+        (lambda: make_family("cauchy", {}), "unknown family 'cauchy'.*gaussian"),
+        (lambda: make_family("gaussian", {"scale": 1}), "unknown parameter 'scale'.*sigma"),
+        (lambda: make_family("gaussian", {"sigma": -1}), "'sigma'=-1.*> 0"),
+        (lambda: make_family("weibull", {}), "'gamma' is required"),
+        (lambda: make_family("simplex", {"q": 0, "p": 1}), "'p'=1 must be < q"),
+        (lambda: make_family("sphere", {"d": 2.5}), "'d'=2.5.*integer >= 2"),
+        (lambda: make_family("tied", {"ties": 1}), "'ties'=1.*integer >= 2"),
         (lambda: generate_rows("simplex", {"q": 1, "p": 0}, "quantile", 8, [0], 0), "i.i.d. family"),
         (lambda: generate_rows("gaussian", {}, "sobol", 8, [0], 0), "unknown sampling 'sobol'.*quantile"),
         (lambda: generate_rows("tied", {"ties": 4}, "random", 3, [0], 0), "smaller than ties"),
-        (lambda: families.parse_spec({"family": "gaussian", "sigma": 1}), "unknown key 'sigma'"),
-        (lambda: families.parse_spec({"params": {}}), "'family' is required"),
+        (lambda: parse_spec({"family": "gaussian", "sigma": 1}), "unknown key 'sigma'"),
+        (lambda: parse_spec({"params": {}}), "'family' is required"),
     ],
 )
 def test_bad_configuration_is_named(call, match):
@@ -116,7 +121,7 @@ def test_marginals_match_their_laws():
 
 @pytest.mark.parametrize("family", sorted(IID))
 def test_isf_is_accurate_down_to_two_to_the_minus_200(family):
-    fam = families.make_family(family, IID[family])
+    fam = make_family(family, IID[family])
     u = np.array([0.5, 1e-3, 1e-30, 2.0**-200])
     x = fam.isf(u)
     assert np.all(np.isfinite(x)) and np.all(np.diff(x) >= 0)
@@ -139,16 +144,16 @@ def test_isf_is_accurate_down_to_two_to_the_minus_200(family):
 
 def test_asymptotic_exponents_and_scales():
     n = np.array([2.0**10, 2.0**20])
-    assert families.make_family("gaussian", {}).asymptotic_xi == 0.5
-    assert families.make_family("weibull", {"gamma": 4.0}).asymptotic_xi == 0.75
-    assert families.make_family("shrinking_gaps", {"c": 1}).asymptotic_xi == 2.0
-    assert families.make_family("simplex", {"q": 1, "p": 0}).asymptotic_xi == 1.0
-    assert np.isnan(families.make_family("sphere", {"d": 3}).asymptotic_xi)
-    np.testing.assert_allclose(families.make_family("gaussian", {"sigma": 2}).asymptotic_accumulation_scale(n),
+    assert make_family("gaussian", {}).asymptotic_xi == 0.5
+    assert make_family("weibull", {"gamma": 4.0}).asymptotic_xi == 0.75
+    assert make_family("shrinking_gaps", {"c": 1}).asymptotic_xi == 2.0
+    assert make_family("simplex", {"q": 1, "p": 0}).asymptotic_xi == 1.0
+    assert np.isnan(make_family("sphere", {"d": 3}).asymptotic_xi)
+    np.testing.assert_allclose(make_family("gaussian", {"sigma": 2}).asymptotic_accumulation_scale(n),
                                np.sqrt(2 * np.log(n)) / 2)
-    np.testing.assert_allclose(families.make_family("shrinking_gaps", {"c": 2}).asymptotic_accumulation_scale(n),
+    np.testing.assert_allclose(make_family("shrinking_gaps", {"c": 2}).asymptotic_accumulation_scale(n),
                                np.log(n) ** 2 / 8)
-    sphere = families.make_family("sphere", {"d": 5}).asymptotic_accumulation_scale(n)
+    sphere = make_family("sphere", {"d": 5}).asymptotic_accumulation_scale(n)
     np.testing.assert_allclose(np.log(sphere[1] / sphere[0]) / np.log(n[1] / n[0]), 0.5)
 
 
@@ -171,8 +176,8 @@ def test_quantile_row_prediction_equals_full_row(family, dtype, n):
 def test_simulated_law_of_lambda_equals_full_rows(family):
     """Small n, many rows: the simulated per-row Lambda has the law of full rows (KS test)."""
     name, params = ("weibull", {"gamma": 1.0}) if family == "exponential" else (family, IID[family])
-    fam = families.make_family(name, params)
-    simulated = families._random_row_scales(fam, 40, 3000, np.random.default_rng(0), "float64")
+    fam = make_family(name, params)
+    simulated = predictions._random_row_scales(fam, 40, 3000, np.random.default_rng(0), "float64")
     full = accumulation_scale(generate_rows(name, params, "random", 40, np.arange(3000), 9))
     assert stats.ks_2samp(simulated, full).pvalue > 1e-3
 
@@ -183,7 +188,7 @@ def test_prediction_is_deterministic_and_handles_tiny_n():
     np.testing.assert_array_equal(first, again)
     assert np.all(predict_accumulation_scale("gaussian", {}, "random", 1, draws=10) == 0)
     two = accumulation_scale(generate_rows("shrinking_gaps", {"c": 1.0}, "random", 2, np.arange(2000), 0))
-    simulated = families._random_row_scales(families.make_family("shrinking_gaps", {"c": 1.0}), 2, 2000,
+    simulated = predictions._random_row_scales(make_family("shrinking_gaps", {"c": 1.0}), 2, 2000,
                                             np.random.default_rng(1), "float64")
     assert stats.ks_2samp(simulated, two).pvalue > 1e-3
 
@@ -237,7 +242,7 @@ def test_shrinking_gap_slopes_are_about_two():
     checked."""
     slopes = [quantile_slope("shrinking_gaps", {"c": 1.0}, lo, hi) for lo, hi in ((8, 12), (12, 16), (20, 30))]
     assert all(1.9 <= s <= 2.05 for s in slopes) and slopes == sorted(slopes)
-    fam = families.make_family("shrinking_gaps", {"c": 1.0})
+    fam = make_family("shrinking_gaps", {"c": 1.0})
     without_max = lambda e: accumulation_scale(fam.isf((np.arange(1, 2**e + 1) - 0.5) / 2**e)[None])[0]
     for lo, hi in ((8, 12), (12, 16)):
         assert 2.0 <= np.log(without_max(hi) / without_max(lo)) / np.log(hi / lo) <= 2.1
@@ -248,7 +253,7 @@ def test_shrinking_gap_slopes_are_about_two():
 
 def test_family_dataset_layout_is_lazy_and_canonical(tmp_path):
     spec = {"family": "weibull", "params": {"gamma": 2.0}, "sampling": "random"}
-    ds = families.family_dataset("weib2", spec | {"rows": 10, "dtype": "float32"}, [16, 64], rows=10, seed=1,
+    ds = family_dataset("weib2", spec | {"rows": 10, "dtype": "float32"}, [16, 64], rows=10, seed=1,
                                  row_chunk=4, prediction_draws=200, quantiles=[0.1, 0.9])
     scores = ds["scores"]
     assert scores.dims == storage.SCORE_DIMS and scores.dtype == np.float32
@@ -273,6 +278,6 @@ def test_family_dataset_layout_is_lazy_and_canonical(tmp_path):
 
 
 def test_family_dataset_for_families_without_asymptote():
-    ds = families.family_dataset("tie", {"family": "tied"}, [8], rows=3, seed=0, row_chunk=2)
+    ds = family_dataset("tie", {"family": "tied"}, [8], rows=3, seed=0, row_chunk=2)
     assert np.isnan(ds.attrs["asymptotic_xi"]) and np.all(np.isposinf(ds["asymptotic_accumulation_scale"]))
     assert np.all(np.isposinf(ds["predicted_accumulation_scale"].values))

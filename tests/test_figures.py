@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import inspect
 import itertools
 import json
+import pkgutil
 from statistics import NormalDist
 from unittest import mock
 
@@ -20,8 +22,12 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from critscale import compute, families, figures, readme_figures, storage
+from critscale import compute, figures, prescriptions, readme_figures, storage
 from critscale import config as study_config
+from critscale.families.dataset import family_dataset
+from critscale.figures import canvas, exponents, per_source, selection, tables
+from critscale.figures import prescriptions as prescription_figures
+from critscale.laws import LAWS
 from report_check import PNG_SIGNATURE, report_problems
 
 # Wide t and rho grids: N(t) reaches n within the grid, and every operating point lies inside it.
@@ -41,7 +47,7 @@ def family_stats(tmp_path_factory):
     """Gaussian family rows with the finite-n prediction carried into the statistics store."""
     folder = tmp_path_factory.mktemp("family")
     spec = {"family": "gaussian", "params": {"sigma": 1.0}}
-    scores = families.family_dataset("gaussian", spec, n_ladder=FAMILY_LADDER, rows=12, seed=3, row_chunk=12,
+    scores = family_dataset("gaussian", spec, n_ladder=FAMILY_LADDER, rows=12, seed=3, row_chunk=12,
                                      prediction_draws=64)
     storage.write_dataset(scores, folder / "scores.zarr")
     compute.compute_statistics_store(folder / "scores.zarr", folder / "stats.zarr", GRIDS)
@@ -78,7 +84,7 @@ def fit_rows(source, kind, units, xi, layer=None, head=None):
         "xi": xi, "xi_low": low, "xi_high": high, "free_law_coefficient": np.where(fitted, 1.3, np.nan),
         "power_exponent": np.where(fitted, 0.2, np.nan),
         "law_winner": pd.Series(np.where(fitted, "log", None), dtype=object),
-        **{f"law_frequency_{law}": np.where(fitted, float(law == "log"), np.nan) for law in figures.LAWS},
+        **{f"law_frequency_{law}": np.where(fitted, float(law == "log"), np.nan) for law in LAWS},
         "law_share": 0.8,
         "excludes_one": pd.array([bool(l > 1 or h < 1) if f else None for l, h, f in zip(low, high, fitted)],
                                  dtype="boolean"),
@@ -93,7 +99,7 @@ def model_fits():
 def saved_png(fig, path) -> np.ndarray:
     """Save ``fig`` and return the decoded image, after checking it is a non-blank PNG."""
     assert isinstance(fig, Figure)
-    figures.save(fig, path)
+    canvas.save(fig, path)
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     image = matplotlib.image.imread(path)
     assert image.shape[0] > 100 and image.shape[1] > 100
@@ -106,7 +112,7 @@ def axes_labels(fig) -> list[tuple[str, str]]:
 
 
 def test_gap_counting_has_one_line_per_length(family_stats, tmp_path):
-    fig = figures.gap_counting(family_stats)
+    fig = per_source.gap_counting(family_stats)
     saved_png(fig, tmp_path / "gap_counting.png")
     (ax,) = fig.axes
     assert "gap $t$" in ax.get_xlabel() and r"\log N(t)" in ax.get_ylabel()
@@ -117,7 +123,7 @@ def test_gap_counting_has_one_line_per_length(family_stats, tmp_path):
 
 def test_scale_vs_log_n_shows_data_fit_and_theory(family_stats, tmp_path):
     fits = fit_rows("gaussian", "family", ["gaussian"], [0.8])
-    fig = figures.scale_vs_log_n(family_stats, fits)
+    fig = per_source.scale_vs_log_n(family_stats, fits)
     saved_png(fig, tmp_path / "scale.png")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
@@ -131,7 +137,7 @@ def test_scale_vs_log_n_shows_data_fit_and_theory(family_stats, tmp_path):
 
 
 def test_collapse_overlays_all_lengths_with_the_line_at_rho_one(family_stats, tmp_path):
-    fig = figures.collapse(family_stats)
+    fig = per_source.collapse(family_stats)
     saved_png(fig, tmp_path / "collapse.png")
     entropy, gap = fig.axes
     for ax in (entropy, gap):
@@ -147,13 +153,13 @@ def test_collapse_overlays_all_lengths_with_the_line_at_rho_one(family_stats, tm
 
 def test_source_figures_survive_a_tied_head(model_stats, model_fits, tmp_path):
     assert np.isposinf(model_stats["accumulation_scale"].sel(unit="L1H1").values).all()
-    scale = figures.scale_vs_log_n(model_stats, model_fits)
+    scale = per_source.scale_vs_log_n(model_stats, model_fits)
     saved_png(scale, tmp_path / "scale.png")
     tied_panel = scale.axes[3]
     assert "layer 1, head 1" in tied_panel.get_title() and "tied" in tied_panel.get_title()
     assert any("no finite median" in text.get_text() for text in tied_panel.texts)
-    saved_png(figures.gap_counting(model_stats, unit="L1H1"), tmp_path / "gap.png")
-    collapse = figures.collapse(model_stats, unit=["L0H0", "L1H1"])
+    saved_png(per_source.gap_counting(model_stats, unit="L1H1"), tmp_path / "gap.png")
+    collapse = per_source.collapse(model_stats, unit=["L0H0", "L1H1"])
     saved_png(collapse, tmp_path / "collapse.png")
     # The model's own beta = 1 is marked on the untied head's curves, nowhere on the tied head's.
     markers = [[line for line in ax.get_lines() if line.get_marker() == "o"] for ax in collapse.axes]
@@ -161,16 +167,16 @@ def test_source_figures_survive_a_tied_head(model_stats, model_fits, tmp_path):
 
 
 def test_select_units_spans_the_heads(model_stats):
-    assert figures.select_units(model_stats) == MODEL_UNITS
-    chosen = figures.select_units(model_stats, max_units=2)
+    assert selection.select_units(model_stats) == MODEL_UNITS
+    chosen = selection.select_units(model_stats, max_units=2)
     assert len(chosen) == 2 and chosen[-1] == "L1H1"  # the tied head has the largest (inf) scale
     with pytest.raises(KeyError, match="L9H9"):
-        figures.select_units(model_stats, unit="L9H9")
+        selection.select_units(model_stats, unit="L9H9")
 
 
 def test_exponent_table_lists_every_unit_and_says_why_not_fitted(model_fits, tmp_path):
     fits = pd.concat([fit_rows("gaussian", "family", ["gaussian"], [0.77]), model_fits], ignore_index=True)
-    fig = figures.exponent_table(fits)
+    fig = exponents.exponent_table(fits)
     saved_png(fig, tmp_path / "table.png")
     (ax,) = fig.axes
     assert r"\xi" in ax.get_xlabel()
@@ -182,14 +188,14 @@ def test_exponent_table_lists_every_unit_and_says_why_not_fitted(model_fits, tmp
 
 
 def test_xi_heatmap_marks_intervals_excluding_one_and_unfitted_heads(model_fits, tmp_path):
-    fig = figures.xi_heatmap(model_fits)
+    fig = exponents.xi_heatmap(model_fits)
     saved_png(fig, tmp_path / "heatmap.png")
     ax = fig.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("head", "layer")
     texts = {text.get_text() for text in ax.texts}
     assert {"0.50*", "1.02", "1.60*", "tied"} <= texts
     with pytest.raises(ValueError, match="no model units"):
-        figures.xi_heatmap(fit_rows("gaussian", "family", ["gaussian"], [0.77]))
+        exponents.xi_heatmap(fit_rows("gaussian", "family", ["gaussian"], [0.77]))
 
 
 def gemma_like(fits: pd.DataFrame) -> pd.DataFrame:
@@ -199,17 +205,17 @@ def gemma_like(fits: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_xi_heatmap_labels_sliding_window_layers(model_fits):
-    ax = figures.xi_heatmap(gemma_like(model_fits)).axes[0]
+    ax = exponents.xi_heatmap(gemma_like(model_fits)).axes[0]
     labels = [label.get_text() for label in ax.get_yticklabels()]
     layers = sorted(model_fits["layer"].astype(int).unique())
     assert labels == [f"{layer} local" if layer % 6 != 5 else str(layer) for layer in layers]
-    plain = [label.get_text() for label in figures.xi_heatmap(model_fits).axes[0].get_yticklabels()]
+    plain = [label.get_text() for label in exponents.xi_heatmap(model_fits).axes[0].get_yticklabels()]
     assert not any("local" in label for label in plain)
 
 
 def test_law_winners_counts_units_and_shows_frequencies(model_fits, tmp_path):
     model_fits.loc[0, "law_winner"] = "undecided"
-    fig = figures.law_winners(model_fits)
+    fig = exponents.law_winners(model_fits)
     saved_png(fig, tmp_path / "laws.png")
     left, right = fig.axes[:2]
     assert "80%" in left.get_xlabel() and "won" in left.get_ylabel()
@@ -227,7 +233,7 @@ def test_rule_drift_and_operating_points_handle_ties(tmp_path):
         "source": "toy_model", "unit": ["L0H0", "L0H1", "L1H1"] * 2, "layer": [0, 0, 1] * 2, "head": [0, 1, 1] * 2,
         "rule": ["ssmax"] * 3 + ["yarn"] * 3, "drift": [0.05, 0.1, np.nan, 0.3, 0.4, np.nan],
     })
-    fig = figures.rule_drift(drift)
+    fig = prescription_figures.rule_drift(drift)
     saved_png(fig, tmp_path / "drift.png")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "prescription" and "drift" in ax.get_ylabel()
@@ -240,7 +246,7 @@ def test_rule_drift_and_operating_points_handle_ties(tmp_path):
         "rho_at_beta1": [1.0, 0.25, 0.0, 1 / 1.5, 0.125, 0.0],
         "regime": ["critical", "subcritical", "tied", "critical", "subcritical", "tied"],
     })
-    fig = figures.operating_points(points)
+    fig = prescription_figures.operating_points(points)
     saved_png(fig, tmp_path / "operating.png")
     ax = fig.axes[0]
     assert "context length" in ax.get_xlabel() and ax.get_ylabel() == "layer"
@@ -248,16 +254,15 @@ def test_rule_drift_and_operating_points_handle_ties(tmp_path):
 
 
 def test_figures_from_real_prescription_tables(model_stats, tmp_path):
-    prescriptions = pytest.importorskip("critscale.prescriptions")
-    saved_png(figures.rule_drift(prescriptions.rule_drift(model_stats, training_length=16)), tmp_path / "d.png")
-    saved_png(figures.operating_points(prescriptions.operating_points(model_stats)), tmp_path / "o.png")
+    saved_png(prescription_figures.rule_drift(prescriptions.rule_drift(model_stats, training_length=16)), tmp_path / "d.png")
+    saved_png(prescription_figures.operating_points(prescriptions.operating_points(model_stats)), tmp_path / "o.png")
 
 
 def test_table_html_page(tmp_path):
-    figures.save_table_html(pd.DataFrame({"source": ["a"], "xi": [0.123456789]}), tmp_path / "t.html", title="fits")
+    tables.save_table_html(pd.DataFrame({"source": ["a"], "xi": [0.123456789]}), tmp_path / "t.html", title="fits")
     page = (tmp_path / "t.html").read_text()
     assert "<table" in page and "0.1235" in page and "<h3>fits</h3>" in page
-    figures.save_table_html(pd.DataFrame({"source": []}), tmp_path / "empty.html")
+    tables.save_table_html(pd.DataFrame({"source": []}), tmp_path / "empty.html")
     assert "No rows" in (tmp_path / "empty.html").read_text()
 
 
@@ -270,7 +275,7 @@ def _fake_report(tmp_path, categories, results):
 
 
 def test_report_checker_finds_empty_sections_and_broken_figures(family_stats, tmp_path):
-    png = figures.save(figures.gap_counting(family_stats), tmp_path / "g.png").read_bytes()
+    png = canvas.save(per_source.gap_counting(family_stats), tmp_path / "g.png").read_bytes()
     good = {"mime_type": "image/png", "caption": "<p>ok</p>", "data_uri": "data:image/png;base64," + base64.b64encode(png).decode()}
     broken = dict(good, data_uri="data:image/png;base64," + base64.b64encode(b"not a png").decode())
     path = _fake_report(tmp_path, {"Synthetic families": {"gaussian": ["g.png"]}}, {"g.png": good})
@@ -285,7 +290,7 @@ def test_report_checker_finds_empty_sections_and_broken_figures(family_stats, tm
 
 
 def test_collapse_by_layer_has_a_panel_per_layer_and_marks_beta_one(model_stats, tmp_path):
-    fig = figures.collapse_by_layer(model_stats, columns=3)
+    fig = per_source.collapse_by_layer(model_stats, columns=3)
     saved_png(fig, tmp_path / "collapse_by_layer.png")
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["layer 0", "layer 1"]
@@ -327,7 +332,7 @@ def big_model_fits():
     xi[::37] = np.nan  # some tied heads
     fits = fit_rows("big_model__corpus", "model", [f"L{l}H{h}" for l, h in zip(layer, head)], xi, layer, head)
     fits["free_law_coefficient"] = np.nan  # drawn through the medians, as with a real fit
-    laws = np.array(figures.LAWS, dtype=object)[rng.integers(0, len(figures.LAWS), len(fits))]
+    laws = np.array(LAWS, dtype=object)[rng.integers(0, len(LAWS), len(fits))]
     return fits.assign(law_winner=np.where(np.isfinite(xi), laws, None))
 
 
@@ -362,31 +367,32 @@ def study_family_fits():
 @pytest.fixture(scope="module")
 def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, narrow_scale_stats):
     """(name, figure factory) for every figure function, on families, a small and a 30 x 9 model."""
-    prescriptions = pytest.importorskip("critscale.prescriptions")
     small_fits = fit_rows("toy_model", "model", MODEL_UNITS, [0.5, 1.02, 1.6, np.nan], layer=[0, 0, 1, 1],
                           head=[0, 1, 0, 1])
     family_fits = fit_rows("gaussian", "family", ["gaussian"], [0.8])
     return {
-        "gap_counting": [lambda: figures.gap_counting(family_stats), lambda: figures.gap_counting(big_model_stats)],
-        "scale_vs_log_n": [lambda: figures.scale_vs_log_n(family_stats, family_fits),
-                           lambda: figures.scale_vs_log_n(model_stats, small_fits),
-                           lambda: figures.scale_vs_log_n(big_model_stats, big_model_fits),
-                           lambda: figures.scale_vs_log_n(narrow_scale_stats)],
-        "collapse": [lambda: figures.collapse(family_stats), lambda: figures.collapse(big_model_stats)],
-        "collapse_by_layer": [lambda: figures.collapse_by_layer(big_model_stats)],
-        "exponent_table": [lambda: figures.exponent_table(study_family_fits())],
-        "xi_heatmap": [lambda: figures.xi_heatmap(big_model_fits), lambda: figures.xi_heatmap(gemma_like(big_model_fits))],
-        "law_winners": [lambda: figures.law_winners(pd.concat([big_model_fits, small_fits]))],
-        "rule_drift": [lambda: figures.rule_drift(prescriptions.rule_drift(big_model_stats, training_length=128))],
-        "operating_points": [lambda: figures.operating_points(prescriptions.operating_points(big_model_stats)),
-                             lambda: figures.operating_points(prescriptions.operating_points(model_stats))],
+        "gap_counting": [lambda: per_source.gap_counting(family_stats), lambda: per_source.gap_counting(big_model_stats)],
+        "scale_vs_log_n": [lambda: per_source.scale_vs_log_n(family_stats, family_fits),
+                           lambda: per_source.scale_vs_log_n(model_stats, small_fits),
+                           lambda: per_source.scale_vs_log_n(big_model_stats, big_model_fits),
+                           lambda: per_source.scale_vs_log_n(narrow_scale_stats)],
+        "collapse": [lambda: per_source.collapse(family_stats), lambda: per_source.collapse(big_model_stats)],
+        "collapse_by_layer": [lambda: per_source.collapse_by_layer(big_model_stats)],
+        "exponent_table": [lambda: exponents.exponent_table(study_family_fits())],
+        "xi_heatmap": [lambda: exponents.xi_heatmap(big_model_fits), lambda: exponents.xi_heatmap(gemma_like(big_model_fits))],
+        "law_winners": [lambda: exponents.law_winners(pd.concat([big_model_fits, small_fits]))],
+        "rule_drift": [lambda: prescription_figures.rule_drift(prescriptions.rule_drift(big_model_stats, training_length=128))],
+        "operating_points": [lambda: prescription_figures.operating_points(prescriptions.operating_points(big_model_stats)),
+                             lambda: prescription_figures.operating_points(prescriptions.operating_points(model_stats))],
     }
 
 
 def figure_functions() -> set[str]:
-    """Every public function of critscale.figures that returns a Figure."""
-    return {name for name, function in inspect.getmembers(figures, inspect.isfunction)
-            if not name.startswith("_") and inspect.signature(function).return_annotation in (Figure, "Figure")}
+    """Every public function of the modules of critscale.figures that returns a Figure."""
+    modules = [importlib.import_module(f"{figures.__name__}.{info.name}") for info in pkgutil.iter_modules(figures.__path__)]
+    return {name for module in modules for name, function in inspect.getmembers(module, inspect.isfunction)
+            if function.__module__ == module.__name__ and not name.startswith("_")
+            and inspect.signature(function).return_annotation in (Figure, "Figure")}
 
 
 def test_every_figure_function_is_checked_for_collisions(figure_cases):
@@ -505,7 +511,7 @@ def test_readme_figures_are_small_pngs_of_the_study(study_results, tmp_path):
 
 
 def test_readme_figures_lower_the_resolution_to_stay_under_the_limit(study_results, tmp_path):
-    fig = figures.collapse_by_layer(storage.open_store(study_results / "stats" / "big_model__corpus.zarr"))
+    fig = per_source.collapse_by_layer(storage.open_store(study_results / "stats" / "big_model__corpus.zarr"))
     path = tmp_path / "c.png"
     first = readme_figures.save_small(fig, path, max_bytes=10**9).stat().st_size  # the first resolution
     first_width = matplotlib.image.imread(path).shape[1]

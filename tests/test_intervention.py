@@ -129,6 +129,7 @@ def test_beyond_length_counts_only_targets_past_L():
     assert intervention_stats.beyond_length(buckets, 16)["nll"].item() == 80.0 / 32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overlays", "windows"), [([], 8), (["config/intervene-cuda.yaml"], 32)])
 def test_shipped_intervention_configs_plan_their_windows(tmp_path, overlays, windows):
     import subprocess
@@ -144,6 +145,7 @@ def test_shipped_intervention_configs_plan_their_windows(tmp_path, overlays, win
     assert jobs["intervention_window"] == windows and jobs["schedule"] == 1, jobs
 
 
+@pytest.mark.slow
 def test_an_intervention_on_an_unknown_source_stops_before_any_job(tmp_path):
     import subprocess
     import sys

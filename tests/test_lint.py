@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CLEAN = "Congratulations, your workflow is in a good condition!"
 
@@ -14,6 +16,7 @@ def run(*command):
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_snakemake_lint_reports_nothing(tmp_path):
     # Every rule exists whatever the config; the tiny one skips loading the default study's models.
     lint = run(sys.executable, "-m", "snakemake", "--lint", "--configfile", "tests/data/tiny_config.yaml",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from critscale import gapstats, theory_check
-from critscale.families import generate_rows
+from critscale.families.rows import generate_rows
 
 ROWS_BY_FAMILY = {
     "gaussian": {"sigma": 1.0},
@@ -221,7 +221,7 @@ MUTATIONS = {
 
 
 def stored_rows(spec, n, rows, seed):
-    """The rows a family store holds (float32, as :func:`critscale.families.family_dataset`)."""
+    """The rows a family store holds (float32, as :func:`critscale.families.dataset.family_dataset`)."""
     scores = generate_rows(spec["family"], spec.get("params"), spec.get("sampling", "random"), n, np.arange(rows), seed)
     return scores.astype(np.float32).astype(np.float64)
 

@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from . import families
+from .families.spec import parse_spec
 from .gapstats import Grids, octave_grid, row_statistics
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -104,11 +104,11 @@ def _validate_family(name: str, spec: dict, n_ladder: list[int]) -> None:
     ``p < q``), finite values, quantile sampling of a non-i.i.d. family, ``ties`` beyond the
     shortest ``n``."""
     try:
-        family, _ = families.parse_spec(spec)
+        family, _ = parse_spec(spec)
     except ValueError as error:
         raise ConfigError(f"config key families.{name}: {error}") from None
-    ties = family.params.get("ties")
-    if ties is not None and ties > n_ladder[0]:
+    ties = family.ties_at_maximum
+    if ties > n_ladder[0]:
         raise ConfigError(
             f"config key families.{name}.params.ties: {ties} tied keys do not fit the shortest n = {n_ladder[0]} "
             f"of the ladder; lower ties or start the ladder at n >= {ties}"

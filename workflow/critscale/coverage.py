@@ -5,7 +5,7 @@ Sources (per-row ``Lambda`` simulated directly, no score rows, so the harness is
 
 * ``gaussian``, ``weibull3``: i.i.d. rows of the family (a row is a unit, as in the study).  Each
   row's ``Lambda_n`` is drawn from a pool of exact simulated rows
-  (:func:`critscale.families.predict_accumulation_scale`, the top-``K`` simulation of
+  (:func:`critscale.families.predictions.predict_accumulation_scale`, the top-``K`` simulation of
   ``docs/theory.md``), independently per row and ``n``.  The truth is the finite-``n`` exponent:
   the OLS slope of the log *population* median (the pool's median, the population the draws come
   from) on ``log log n`` over the ladder.
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from critscale.families import predict_accumulation_scale
+from critscale.families.predictions import predict_accumulation_scale
 from critscale.fitting import fit_source, settings_from_config
 from critscale.intervals import wilson_interval
 

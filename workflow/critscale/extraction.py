@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -184,139 +185,253 @@ def extract_to_store(
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(int(threads))
-    n_ladder = sorted(int(n) for n in n_ladder)
-    if len(set(n_ladder)) != len(n_ladder) or n_ladder[0] < 1:
-        raise ValueError(f"n_ladder must hold distinct positive lengths, got {n_ladder}")
-    queries, sequences, batch_size = int(queries), int(sequences), int(batch_size)
-    if queries < 1 or queries > n_ladder[0]:
-        raise ValueError(f"queries must be in 1..{n_ladder[0]} (the shortest n), got {queries}")
-    if sequences < 1 or batch_size < 1:
-        raise ValueError(f"sequences ({sequences}) and batch_size ({batch_size}) must be positive")
-    if attention_output not in ("eager", "sdpa"):
-        raise ValueError("attention_output must be 'eager' or 'sdpa'")
-    if loaded is None:
-        validate_model_spec(model_spec, n_ladder[-1])
-        loaded = load_model(model_spec, dtype=dtype, device=device)
-    model, tokenizer, info = loaded
-    config = model.config
-    direction = attention_layout(model).direction
-    modules = layer_modules(model)
-    max_pos = max_positions(config)
-    if max_pos is not None and n_ladder[-1] > max_pos:
-        raise ModelSpecError(f"context length {n_ladder[-1]} exceeds the model's {max_pos} positions")
-    n_layers, n_heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-    layer_list = list(range(n_layers)) if layers is None else sorted(int(x) for x in layers)
-    head_list = list(range(n_heads)) if heads is None else sorted(int(x) for x in heads)
-    if not layer_list or layer_list[0] < 0 or layer_list[-1] >= n_layers:
-        raise ValueError(f"layers must lie in 0..{n_layers - 1}, got {layers}")
-    if not head_list or head_list[0] < 0 or head_list[-1] >= n_heads:
-        raise ValueError(f"heads must lie in 0..{n_heads - 1}, got {heads}")
-
-    if texts is None:
-        texts = corpora.load_corpus(corpus_spec)
-    corpus_texts, corpus_info = texts
+    request = _Request.checked(n_ladder, sequences, queries, batch_size, attention_output, layers, heads, seed, dtype)
+    model = _LoadedModel.of(model_spec, loaded, request, device)
+    units = _Units.chosen(model.model.config, layers, heads)
+    corpus_texts, corpus_info = corpora.load_corpus(corpus_spec) if texts is None else texts
     windows, window_info = corpora.token_windows(
-        tokenizer, corpus_texts, n_ladder[-1], sequences, seed, return_info=True
+        model.tokenizer, corpus_texts, request.n_ladder[-1], request.sequences, seed, return_info=True
     )
+    attrs = _store_attrs(model, corpus_info, request, model_name=model_name, corpus_name=corpus_name)
+    attrs["provenance"] = provenance(
+        request.settings(model_spec, corpus_spec, device=str(next(model.model.parameters()).device)),
+        model_info=model.info, corpus={k: v for k, v in corpus_info.items() if k != "files"},
+        corpus_files=corpus_info.get("files", []), windows=window_info,
+    )
+    _create_store(out_path, model.model, request, units, window_info, attrs, write_buffer_bytes)
+    run = _capture_windows(model, windows, request, units, out_path, progress)
+    check = _record_self_check(out_path, run.checks)
+    summary = {
+        "path": str(out_path), "units": len(units.names), "rows": request.rows, "n_ladder": request.n_ladder,
+        "self_check": check, "forward_seconds": run.forward_seconds,
+        "self_check_seconds": run.check_seconds, "total_seconds": time.perf_counter() - t_start,
+        # forwards, captures and writes (the writer thread's tail included), without the self-check
+        "extract_seconds": run.loop_seconds - run.check_seconds, "write_wait_seconds": run.write_wait_seconds,
+        "blocks_written": run.blocks_written,
+    }
+    if log:
+        log(
+            f"[critscale] {attrs['model']} on {attrs['corpus']}: {request.sequences} sequences x "
+            f"{len(request.n_ladder)} lengths, {len(units.names)} units, self-check capture "
+            f"{check['capture_error']:.2e} drift {check['drift_error']:.2e}, {summary['total_seconds']:.1f}s"
+        )
+    return summary
 
-    units = [f"L{l}H{h}" for l in layer_list for h in head_list]
-    layer_units = {l: i * len(head_list) for i, l in enumerate(layer_list)}
-    row_sequence = np.repeat(np.arange(sequences), queries)
-    row_query = np.tile(np.arange(queries), sequences)
-    attrs = {
-        "source": model_source_name(model_name or str(info.get("model_id")), corpus_name or corpus_info["source"]),
+
+@dataclass(frozen=True)
+class _Request:
+    """The validated arguments of one extraction that shape its store (``layers`` and ``heads``
+    as given, for the provenance)."""
+
+    n_ladder: list[int]
+    sequences: int
+    queries: int
+    batch_size: int
+    attention_output: str
+    layers: object
+    heads: object
+    seed: int
+    dtype: str
+
+    @classmethod
+    def checked(cls, n_ladder, sequences, queries, batch_size, attention_output, layers, heads, seed, dtype):
+        n_ladder = sorted(int(n) for n in n_ladder)
+        if len(set(n_ladder)) != len(n_ladder) or n_ladder[0] < 1:
+            raise ValueError(f"n_ladder must hold distinct positive lengths, got {n_ladder}")
+        queries, sequences, batch_size = int(queries), int(sequences), int(batch_size)
+        if queries < 1 or queries > n_ladder[0]:
+            raise ValueError(f"queries must be in 1..{n_ladder[0]} (the shortest n), got {queries}")
+        if sequences < 1 or batch_size < 1:
+            raise ValueError(f"sequences ({sequences}) and batch_size ({batch_size}) must be positive")
+        if attention_output not in ("eager", "sdpa"):
+            raise ValueError("attention_output must be 'eager' or 'sdpa'")
+        return cls(n_ladder, sequences, queries, batch_size, attention_output, layers, heads, seed, dtype)
+
+    @property
+    def rows(self) -> int:
+        """Store rows: ``sequences x queries``."""
+        return self.sequences * self.queries
+
+    def settings(self, model_spec: dict, corpus_spec: dict, device: str) -> dict:
+        """The extraction's settings as its provenance records them."""
+        return {
+            "model": model_spec, "corpus": corpus_spec, "n_ladder": self.n_ladder, "sequences": self.sequences,
+            "queries": self.queries, "layers": self.layers, "heads": self.heads, "seed": self.seed,
+            "dtype": self.dtype, "batch_size": self.batch_size, "attention_output": self.attention_output,
+            "device": device,
+        }
+
+
+@dataclass(frozen=True)
+class _LoadedModel:
+    """The model with what the extraction reads of it: causal or bidirectional, its attention modules."""
+
+    model: object
+    tokenizer: object
+    info: dict
+    direction: str
+    modules: object
+
+    @classmethod
+    def of(cls, model_spec: dict, loaded, request: _Request, device: str) -> _LoadedModel:
+        """``loaded`` or the model of ``model_spec``, refused when the longest ``n`` exceeds its positions."""
+        if loaded is None:
+            validate_model_spec(model_spec, request.n_ladder[-1])
+            loaded = load_model(model_spec, dtype=request.dtype, device=device)
+        model, tokenizer, info = loaded
+        direction = attention_layout(model).direction
+        modules = layer_modules(model)
+        max_pos = max_positions(model.config)
+        if max_pos is not None and request.n_ladder[-1] > max_pos:
+            raise ModelSpecError(f"context length {request.n_ladder[-1]} exceeds the model's {max_pos} positions")
+        return cls(model, tokenizer, info, direction, modules)
+
+    @property
+    def causal(self) -> bool:
+        return self.direction == "causal"
+
+
+@dataclass(frozen=True)
+class _Units:
+    """The captured heads: ``L{layer}H{head}`` for every chosen layer and head."""
+
+    layers: list[int]
+    heads: list[int]
+    #: heads handed to the capture: None when every head is captured
+    captured_heads: list[int] | None
+
+    @classmethod
+    def chosen(cls, config, layers, heads) -> _Units:
+        n_layers, n_heads = int(config.num_hidden_layers), int(config.num_attention_heads)
+        layer_list = list(range(n_layers)) if layers is None else sorted(int(x) for x in layers)
+        head_list = list(range(n_heads)) if heads is None else sorted(int(x) for x in heads)
+        if not layer_list or layer_list[0] < 0 or layer_list[-1] >= n_layers:
+            raise ValueError(f"layers must lie in 0..{n_layers - 1}, got {layers}")
+        if not head_list or head_list[0] < 0 or head_list[-1] >= n_heads:
+            raise ValueError(f"heads must lie in 0..{n_heads - 1}, got {heads}")
+        return cls(layer_list, head_list, None if heads is None else head_list)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"L{l}H{h}" for l in self.layers for h in self.heads]
+
+    @property
+    def first_of_layer(self) -> dict[int, int]:
+        """Layer -> index of its first unit."""
+        return {l: i * len(self.heads) for i, l in enumerate(self.layers)}
+
+
+def _store_attrs(model: _LoadedModel, corpus_info: dict, request: _Request, *, model_name, corpus_name) -> dict:
+    """The score store's attributes: where the rows come from and how they were captured."""
+    import torch
+    import transformers
+
+    info = model.info
+    model_label = model_name or str(info.get("model_id"))
+    corpus_label = corpus_name or corpus_info["source"]
+    return {
+        "source": model_source_name(model_label, corpus_label),
         "kind": "model",
-        "model": model_name or str(info.get("model_id")),
+        "model": model_label,
         "model_id": str(info.get("model_id")),
         "revision": str(info.get("revision") or ""),
         "weight_checksum": str(info.get("weight_checksum") or ""),
-        "architecture": config.model_type,
-        "direction": direction,
+        "architecture": model.model.config.model_type,
+        "direction": model.direction,
         "tokenizer": info.get("tokenizer", ""),
-        "dtype": dtype,
-        "transformers_version": __import__("transformers").__version__,
+        "dtype": request.dtype,
+        "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
-        "corpus": corpus_name or corpus_info["source"],
+        "corpus": corpus_label,
         "corpus_source": corpus_info["source"],
         "corpus_files": list(corpus_info.get("files", [])),
         "corpus_checksum": corpus_info["checksum"],
-        "queries": queries,
-        "seed": int(seed),
-        "attention_output": attention_output,
+        "queries": request.queries,
+        "seed": int(request.seed),
+        "attention_output": request.attention_output,
     }
-    extraction_config = {
-        "model": model_spec, "corpus": corpus_spec, "n_ladder": n_ladder, "sequences": sequences,
-        "queries": queries, "layers": layers, "heads": heads, "seed": seed,
-        "dtype": dtype, "batch_size": batch_size, "attention_output": attention_output,
-        "device": str(next(model.parameters()).device),
-    }
-    attrs["provenance"] = provenance(
-        extraction_config, model_info=info, corpus={k: v for k, v in corpus_info.items() if k != "files"},
-        corpus_files=corpus_info.get("files", []), windows=window_info,
-    )
+
+
+def _create_store(out_path, model, request: _Request, units: _Units, window_info: dict, attrs: dict,
+                  write_buffer_bytes: int) -> None:
+    """The empty score store, rows ordered window-major then query, chunked to fit the write buffer."""
+    row_sequence = np.repeat(np.arange(request.sequences), request.queries)
+    row_query = np.tile(np.arange(request.queries), request.sequences)
     create_scores_store(
-        out_path, units=units, n_ladder=n_ladder, sequence=row_sequence, query=row_query,
-        unit_coords=_unit_coords(model, layer_list, head_list),
-        row_coords={"window": np.repeat(np.asarray(window_info["window_index"]), queries)},
+        out_path, units=units.names, n_ladder=request.n_ladder, sequence=row_sequence, query=row_query,
+        unit_coords=_unit_coords(model, units.layers, units.heads),
+        row_coords={"window": np.repeat(np.asarray(window_info["window_index"]), request.queries)},
         attrs=attrs, dtype="float32",
-        row_chunk=choose_row_chunk(len(row_sequence), batch_size * queries, len(units), n_ladder, write_buffer_bytes),
+        row_chunk=choose_row_chunk(request.rows, request.batch_size * request.queries, len(units.names),
+                                   request.n_ladder, write_buffer_bytes),
     )
 
-    # forward plans: (input_length, positions, n_indices)
-    offsets = np.arange(queries)
-    if direction == "causal":
-        plans = [(n_ladder[-1], [n - 1 - o for n in n_ladder for o in offsets], list(range(len(n_ladder))))]
-    else:
-        plans = [(n, [n - 1 - o for o in offsets], [i]) for i, n in enumerate(n_ladder)]
 
+def _forward_plans(causal: bool, n_ladder: list[int], queries: int) -> list[tuple]:
+    """``(input_length, query positions, ladder indices)`` of the forwards of one window: one over
+    the longest ``n`` for a causal model, one per ``n`` for a bidirectional encoder."""
+    offsets = np.arange(queries)
+    if causal:
+        return [(n_ladder[-1], [n - 1 - o for n in n_ladder for o in offsets], list(range(len(n_ladder))))]
+    return [(n, [n - 1 - o for o in offsets], [i]) for i, n in enumerate(n_ladder)]
+
+
+@dataclass(frozen=True)
+class _CaptureRun:
+    checks: list[dict]
+    forward_seconds: float
+    check_seconds: float
+    loop_seconds: float
+    write_wait_seconds: float
+    blocks_written: int
+
+
+def _capture_windows(model: _LoadedModel, windows, request: _Request, units: _Units, out_path,
+                     progress: bool) -> _CaptureRun:
+    """Every window through the forward plans in batches, its rows written to the store; the
+    self-check runs at the rows :func:`critscale.capture.check_positions` names."""
+    import torch
+
+    plans = _forward_plans(model.causal, request.n_ladder, request.queries)
     checks = []
     t_forward = t_check = 0.0
     t_loop = time.perf_counter()
-    device = next(model.parameters()).device
-    selected_heads = None if heads is None else head_list
+    device = next(model.model.parameters()).device
     with (
-        _progress(sequences, sum(length for length, _, _ in plans), enabled=progress) as bar,
+        _progress(request.sequences, sum(length for length, _, _ in plans), enabled=progress) as bar,
         RowChunkWriter(out_path) as writer,
         torch.inference_mode(),
     ):
-        for b0 in range(0, sequences, batch_size):
-            batch = windows[b0:b0 + batch_size].to(device)
+        for b0 in range(0, request.sequences, request.batch_size):
+            batch = windows[b0:b0 + request.batch_size].to(device)
             for length, positions, n_indices in plans:
-                checked = check_positions(length, n_ladder, direction == "causal", first_window=b0 == 0)
+                checked = check_positions(length, request.n_ladder, model.causal, first_window=b0 == 0)
                 t0 = time.perf_counter()
-                kept = capture_forward(model, writer, batch[:, :length], positions, n_indices, row0=b0 * queries,
-                                       queries=queries, layer_units=layer_units, heads=selected_heads,
-                                       mode=attention_output, modules=modules, keep=bool(checked))
+                kept = capture_forward(model.model, writer, batch[:, :length], positions, n_indices,
+                                       row0=b0 * request.queries, queries=request.queries,
+                                       layer_units=units.first_of_layer, heads=units.captured_heads,
+                                       mode=request.attention_output, modules=model.modules, keep=bool(checked))
                 t_forward += time.perf_counter() - t0
                 if checked:
-                    checks.append(self_check(model, batch[:, :length], kept, positions, checked,
-                                             causal=direction == "causal", heads=selected_heads, modules=modules))
+                    checks.append(self_check(model.model, batch[:, :length], kept, positions, checked,
+                                             causal=model.causal, heads=units.captured_heads, modules=model.modules))
                     t_check += checks[-1]["seconds"]
                 bar.update(len(batch) * length)
-            bar.set_postfix_str(f"windows {min(b0 + batch_size, sequences)}/{sequences}", refresh=False)
-    t_loop = time.perf_counter() - t_loop
-    check = {name: max(c[name] for c in checks) for name in ("capture_error", "drift_error")}
-    check.update(capture_tol=checks[0]["capture_tol"], drift_tol=checks[0]["drift_tol"], rows=sum(c["rows"] for c in checks))
-    # record the self-check in the store
+            bar.set_postfix_str(f"windows {min(b0 + request.batch_size, request.sequences)}/{request.sequences}",
+                                refresh=False)
+    return _CaptureRun(checks, t_forward, t_check, time.perf_counter() - t_loop, writer.wait_seconds,
+                       writer.blocks_written)
+
+
+def _record_self_check(out_path, checks: list[dict]) -> dict:
+    """The worst capture and drift errors over every self-check, recorded in the store's attributes."""
     import zarr
 
     from .storage import consolidate
 
+    check = {name: max(c[name] for c in checks) for name in ("capture_error", "drift_error")}
+    check.update(capture_tol=checks[0]["capture_tol"], drift_tol=checks[0]["drift_tol"], rows=sum(c["rows"] for c in checks))
     group = zarr.open_group(str(out_path), mode="r+")
     group.attrs.update({f"self_check_{name}": value for name, value in check.items()})
     consolidate(out_path)
-    summary = {
-        "path": str(out_path), "units": len(units), "rows": len(row_sequence), "n_ladder": n_ladder,
-        "self_check": check, "forward_seconds": t_forward,
-        "self_check_seconds": t_check, "total_seconds": time.perf_counter() - t_start,
-        # forwards, captures and writes (the writer thread's tail included), without the self-check
-        "extract_seconds": t_loop - t_check, "write_wait_seconds": writer.wait_seconds,
-        "blocks_written": writer.blocks_written,
-    }
-    if log:
-        log(
-            f"[critscale] {attrs['model']} on {attrs['corpus']}: {sequences} sequences x {len(n_ladder)} lengths, "
-            f"{len(units)} units, self-check capture {check['capture_error']:.2e} drift {check['drift_error']:.2e}, "
-            f"{summary['total_seconds']:.1f}s"
-        )
-    return summary
+    return check

@@ -246,72 +246,34 @@ def fit_source(
         raise ValueError("the store has no context length n >= 2 to fit")
     n_units = int(unit_codes.max()) + 1
     log_n = np.log(ladder.astype(np.float64))
-    log_log_n = np.log(log_n)
     rows = SortedRows(values, unit_codes)
     medians = rows.medians(np.ones(n_units, dtype=np.int64))  # (variable, unit, n)
     status = _fit_status(medians[0], n_units, min_units)
     has_point, resampled = np.isin(status, POINT_FIT_STATUSES), status == "fitted"
     point_logs = np.where(has_point[None, :, None], _positive_logs(medians), np.nan)
-    point = {
-        "xi": _statsmodels_fits(log_log_n, point_logs[0]),
-        "xi_alpha": _statsmodels_fits(log_log_n, point_logs[1]),
-        "xi_D": _statsmodels_fits(log_log_n, point_logs[2]),
-        "power_exponent": _statsmodels_fits(log_n, point_logs[0]),
-    }
-
     # Every replicate draws the units once, for all variables, units and laws alike.
     replicate_medians = rows.medians(unit_multiplicities(n_units, n_boot, seed))  # (B, variable, unit, n)
     replicate_logs = np.where(resampled[None, None, :, None], _positive_logs(replicate_medians), np.nan)
-    replicate_slopes = {
-        "xi": _ols_slopes(log_log_n, replicate_logs[:, 0]),
-        "xi_alpha": _ols_slopes(log_log_n, replicate_logs[:, 1]),
-        "xi_D": _ols_slopes(log_log_n, replicate_logs[:, 2]),
-        "power_exponent": _ols_slopes(log_n, replicate_logs[:, 0]),
-    }
-    bounds = {
-        name: intervals.resampling_interval(point[name][:, 0], replicate_slopes[name], n_units, level, method)
-        for name in point
-    }
+
+    point, bounds = _exponent_fits(log_n, point_logs, replicate_logs, n_units, level, method)
     law = _law_columns(log_n, point_logs[0], replicate_logs[:, 0], held_out, tie_tolerance, law_share)
     law["winner"] = np.where(resampled, law["winner"], np.nan)
-
-    xi = bounds["xi"]
-    positive_width = xi["high"] - xi["low"] > 0
-    outside = (xi["low"] > 1 + EXCLUDES_ONE_TOLERANCE) | (xi["high"] < 1 - EXCLUDES_ONE_TOLERANCE)
-    excludes_one = pd.array(np.where(positive_width, outside, None), dtype="boolean")
-    discovery, p_adjusted = intervals.fdr_decisions(xi["p_value"], fdr, fdr_method)
+    excludes_one, discovery, p_adjusted = _xi_one_decisions(bounds["xi"], fdr, fdr_method)
 
     table = unit_labels(stats)
     table.insert(0, "kind", stats.attrs.get("kind", ""))
     table.insert(0, "source", stats.attrs.get("source", ""))
-    table["fit_status"] = status
-    table["n_min"], table["n_max"] = int(ladder[0]), int(ladder[-1])
-    table["n_lengths"] = len(ladder)
-    table["n_sequences"] = n_units
-    table["tied_fraction"] = _tied_rows(stats).mean(axis=(1, 2))
-    table["xi"], table["xi_low"], table["xi_high"] = point["xi"][:, 0], xi["low"], xi["high"]
-    table["xi_se"] = point["xi"][:, 2]
-    table["xi_resampling_se"] = xi["se"]
-    table["p_value_xi_one"], table["p_adjusted_xi_one"] = xi["p_value"], p_adjusted
-    table["free_law_coefficient"] = np.exp(point["xi"][:, 1])
-    for name in ("xi_alpha", "xi_D"):
-        table[name] = point[name][:, 0]
-        table[f"{name}_low"], table[f"{name}_high"] = bounds[name]["low"], bounds[name]["high"]
-    table["xi_decomposed"] = point["xi_alpha"][:, 0] - point["xi_D"][:, 0] + 1
-    table["decomposition_residual"] = table["xi"] - table["xi_decomposed"]
-    table["power_exponent"] = point["power_exponent"][:, 0]
-    table["power_exponent_low"] = bounds["power_exponent"]["low"]
-    table["power_exponent_high"] = bounds["power_exponent"]["high"]
-    table["power_exponent_se"] = point["power_exponent"][:, 2]
-    table["boot_valid_fraction"] = np.where(resampled, xi["valid_fraction"], np.nan)
-    table["law_winner"], table["law_point_winner"] = law["winner"], law["point_winner"]
-    for index, name in enumerate(LAWS):
-        table[f"law_frequency_{name}"] = np.where(resampled, law["frequencies"][:, index], np.nan)
-    for index, name in enumerate(LAWS):
-        table[f"heldout_error_{name}"] = law["errors"][:, index]
-    table["excludes_one"], table["discovery"] = excludes_one, discovery
-    table["ci_level"], table["n_boot"], table["interval_method"] = level, n_boot, method
-    table["fdr"], table["fdr_method"], table["law_share"] = fdr, fdr_method, law_share
+    columns = {
+        "fit_status": status, "n_min": int(ladder[0]), "n_max": int(ladder[-1]), "n_lengths": len(ladder),
+        "n_sequences": n_units, "tied_fraction": _tied_rows(stats).mean(axis=(1, 2)),
+        **_exponent_columns(point, bounds, p_adjusted, resampled),
+        **_law_table_columns(law, resampled),
+        "excludes_one": excludes_one, "discovery": discovery,
+        "ci_level": level, "n_boot": n_boot, "interval_method": method,
+        "fdr": fdr, "fdr_method": fdr_method, "law_share": law_share,
+    }
+    for name, column in columns.items():
+        table[name] = column
     settings = {
         "held_out": held_out, "n_boot": n_boot, "level": level, "seed": seed,
         "tie_tolerance": tie_tolerance, "method": method, "min_units": min_units, "fdr": fdr,
@@ -324,6 +286,73 @@ def fit_source(
         stats_provenance=stats.attrs.get("provenance", ""),
     )
     return table
+
+
+#: Exponents fitted per unit: the median variable (index into :data:`MEDIAN_VARIABLES`) whose
+#: logs are regressed, and on which abscissa.
+EXPONENTS = {
+    "xi": (0, "log_log_n"),
+    "xi_alpha": (1, "log_log_n"),
+    "xi_D": (2, "log_log_n"),
+    "power_exponent": (0, "log_n"),
+}
+
+
+def _exponent_fits(log_n, point_logs, replicate_logs, n_units, level, method) -> tuple[dict, dict]:
+    """Per exponent of :data:`EXPONENTS`: the point fit ``(unit, [slope, intercept, se])`` and the
+    resampling interval from the replicates' slopes."""
+    abscissa = {"log_n": log_n, "log_log_n": np.log(log_n)}
+    point = {name: _statsmodels_fits(abscissa[axis], point_logs[variable])
+             for name, (variable, axis) in EXPONENTS.items()}
+    replicate_slopes = {name: _ols_slopes(abscissa[axis], replicate_logs[:, variable])
+                        for name, (variable, axis) in EXPONENTS.items()}
+    bounds = {
+        name: intervals.resampling_interval(point[name][:, 0], replicate_slopes[name], n_units, level, method)
+        for name in point
+    }
+    return point, bounds
+
+
+def _xi_one_decisions(xi: dict, fdr: float, fdr_method: str):
+    """``excludes_one`` (raw: the interval excludes 1; never for a zero-width interval), the
+    FDR-controlled ``discovery`` and the adjusted p-values of ``H0: xi = 1``."""
+    positive_width = xi["high"] - xi["low"] > 0
+    outside = (xi["low"] > 1 + EXCLUDES_ONE_TOLERANCE) | (xi["high"] < 1 - EXCLUDES_ONE_TOLERANCE)
+    excludes_one = pd.array(np.where(positive_width, outside, None), dtype="boolean")
+    discovery, p_adjusted = intervals.fdr_decisions(xi["p_value"], fdr, fdr_method)
+    return excludes_one, discovery, p_adjusted
+
+
+def _exponent_columns(point: dict, bounds: dict, p_adjusted, resampled) -> dict:
+    """The fit table's exponent columns, in their order (``xi`` through ``boot_valid_fraction``)."""
+    xi = bounds["xi"]
+    columns = {
+        "xi": point["xi"][:, 0], "xi_low": xi["low"], "xi_high": xi["high"], "xi_se": point["xi"][:, 2],
+        "xi_resampling_se": xi["se"], "p_value_xi_one": xi["p_value"], "p_adjusted_xi_one": p_adjusted,
+        "free_law_coefficient": np.exp(point["xi"][:, 1]),
+    }
+    for name in ("xi_alpha", "xi_D"):
+        columns |= {name: point[name][:, 0], f"{name}_low": bounds[name]["low"], f"{name}_high": bounds[name]["high"]}
+    columns["xi_decomposed"] = point["xi_alpha"][:, 0] - point["xi_D"][:, 0] + 1
+    columns["decomposition_residual"] = columns["xi"] - columns["xi_decomposed"]
+    columns |= {
+        "power_exponent": point["power_exponent"][:, 0],
+        "power_exponent_low": bounds["power_exponent"]["low"],
+        "power_exponent_high": bounds["power_exponent"]["high"],
+        "power_exponent_se": point["power_exponent"][:, 2],
+        "boot_valid_fraction": np.where(resampled, xi["valid_fraction"], np.nan),
+    }
+    return columns
+
+
+def _law_table_columns(law: dict, resampled) -> dict:
+    """The fit table's law columns: winners, then per law its frequency and held-out error."""
+    return {
+        "law_winner": law["winner"], "law_point_winner": law["point_winner"],
+        **{f"law_frequency_{name}": np.where(resampled, law["frequencies"][:, index], np.nan)
+           for index, name in enumerate(LAWS)},
+        **{f"heldout_error_{name}": law["errors"][:, index] for index, name in enumerate(LAWS)},
+    }
 
 
 #: What each fit column means (written into the dataset's variable attributes).

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from critscale import figures, storage
+from critscale import storage
+from critscale.figures.canvas import save
+from critscale.figures.exponents import exponent_table, xi_heatmap
+from critscale.figures.per_source import collapse_by_layer, scale_vs_log_n
 
 #: Resolutions tried in turn until a PNG is under the size limit.
 DPI_STEPS = (90, 72, 60, 48)
@@ -34,7 +37,7 @@ DPI_STEPS = (90, 72, 60, 48)
 def save_small(fig, path: Path, max_bytes: int) -> Path:
     """Save ``fig`` at the first resolution of :data:`DPI_STEPS` that stays under ``max_bytes``."""
     for dpi in DPI_STEPS:
-        figures.save(fig, path, dpi=dpi)
+        save(fig, path, dpi=dpi)
         if path.stat().st_size <= max_bytes:
             return path
     raise ValueError(f"{path.name} is {path.stat().st_size} bytes even at {DPI_STEPS[-1]} dpi "
@@ -66,8 +69,8 @@ def readme_figures(results: Path, out: Path, family: str = "gaussian", model: st
     out.mkdir(parents=True, exist_ok=True)
     max_bytes = max_kb * 1000
     written = [
-        save_small(figures.exponent_table(families), out / "exponent_table.png", max_bytes),
-        save_small(figures.scale_vs_log_n(storage.open_store(results / "stats" / f"{family}.zarr"), fits),
+        save_small(exponent_table(families), out / "exponent_table.png", max_bytes),
+        save_small(scale_vs_log_n(storage.open_store(results / "stats" / f"{family}.zarr"), fits),
                    out / "scale_vs_log_n.png", max_bytes),
     ]
     source = model_source(fits, model)
@@ -75,8 +78,8 @@ def readme_figures(results: Path, out: Path, family: str = "gaussian", model: st
         print("no model source in the fit table: collapse_by_layer.png and xi_heatmap.png not made")
         return written
     stats = storage.open_store(results / "stats" / f"{source}.zarr")
-    written.append(save_small(figures.collapse_by_layer(stats), out / "collapse_by_layer.png", max_bytes))
-    written.append(save_small(figures.xi_heatmap(fits[fits["source"].astype(str) == source]),
+    written.append(save_small(collapse_by_layer(stats), out / "collapse_by_layer.png", max_bytes))
+    written.append(save_small(xi_heatmap(fits[fits["source"].astype(str) == source]),
                               out / "xi_heatmap.png", max_bytes))
     return written
 

@@ -2,7 +2,7 @@
 
 * :func:`theorem_violations`: the per-row finite-``n`` theorems, on every row and grid point.
 * :func:`compare_with_theory`: a synthetic family's measured ``Lambda_n`` against the finite-``n``
-  prediction from its law (:func:`critscale.families.predict_accumulation_scale`) -- never against
+  prediction from its law (:func:`critscale.families.predictions.predict_accumulation_scale`) -- never against
   the asymptote, which study-sized ``n`` are far from.
 """
 
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .families import MEDIAN_CHECK_ALPHA, Simplex, Sphere, Tied, make_family, median_interval_levels
+from .families.base import ScoreFamily
+from .families.catalog import make_family
+from .families.predictions import MEDIAN_CHECK_ALPHA, median_interval_levels
 
 VIOLATION_COLUMNS = ("source", "unit", "n", "row", "inequality", "grid", "at", "lhs", "rhs")
 COMPARISON_COLUMNS = (
@@ -268,7 +271,7 @@ def compare_with_theory(stats, fit: float | pd.DataFrame | None = None) -> pd.Da
 
     * ``median`` (random i.i.d. rows, per ``n``): the median over rows must lie in the interval of
       predicted quantiles that holds the median of that many rows with probability
-      ``1 - MEDIAN_CHECK_ALPHA`` (:func:`critscale.families.median_interval_levels`, which also
+      ``1 - MEDIAN_CHECK_ALPHA`` (:func:`critscale.families.predictions.median_interval_levels`, which also
       accounts for the Monte-Carlo error of the prediction);
     * ``every_row_exact`` (simplex, quantile rows, per ``n``): every row equals the prediction
       to ``EXACT_RTOL``; ``every_row_tied`` (tied): every row has ties and ``Lambda = inf``;
@@ -292,83 +295,118 @@ def compare_with_theory(stats, fit: float | pd.DataFrame | None = None) -> pd.Da
     if "predicted_accumulation_scale" not in stats:
         record = _failure(source, "", "prediction", "store has no predicted_accumulation_scale")
         return _comparison_frame([record], stats.attrs.get("family", ""))
-    family = make_family(stats.attrs["family"], json.loads(stats.attrs.get("params", "{}")))
-    sampling = stats.attrs.get("sampling", "random")
-    draws = int(stats.attrs.get("prediction_draws", 2000))
-    prediction = stats["predicted_accumulation_scale"].transpose("n", ...).load()
-    levels = prediction[prediction.dims[1]].values
-    predicted_median = np.array([_interval(p, levels, 0.5, 0.5)[0] for p in prediction.values])
-    n_values = stats["n"].values.astype(np.float64)
-    exact = isinstance(family, Simplex) or sampling == "quantile"
-
+    prediction = _StoredPrediction.of(stats)
     records = []
     for unit in stats["unit"].values:
-        unit_stats = stats[["accumulation_scale", "ties"]].sel(unit=unit).transpose("n", "row").load()
-        lam_all = unit_stats["accumulation_scale"].values
-        ties_all = unit_stats["ties"].values
-        medians, lowers, uppers = [], [], []
-        for i, n in enumerate(n_values):
-            valid = ~np.isnan(lam_all[i])
-            lam, rows = lam_all[i][valid], int(valid.sum())
-            median = float(np.median(lam)) if rows else np.nan
-            base = {"source": source, "unit": unit, "n": n, "measured": median, "predicted": predicted_median[i]}
-            with np.errstate(invalid="ignore", divide="ignore"):
-                base["ratio"] = median / predicted_median[i]
-            if isinstance(family, Tied):
-                tied = int(np.sum((ties_all[i][valid] >= 2) & np.isposinf(lam)))
-                passed = rows > 0 and tied == rows and np.isposinf(predicted_median[i])
-                records.append(base | {"check": "every_row_tied", "lower": np.inf, "upper": np.inf,
-                                       "passed": passed, "note": f"{tied} of {rows} rows tied"})
-                lower = upper = np.inf
-            elif exact:
-                target = predicted_median[i]
-                with np.errstate(invalid="ignore"):
-                    deviation = np.abs(lam - target) / max(abs(target), 1e-300)
-                worst = float(np.max(deviation)) if rows else np.nan
-                lower, upper = target * (1 - EXACT_RTOL), target * (1 + EXACT_RTOL)
-                passed = bool(rows > 0 and np.all((lam == target) | (deviation <= EXACT_RTOL)))
-                records.append(base | {"check": "every_row_exact", "lower": lower, "upper": upper,
-                                       "passed": passed, "note": f"largest relative deviation {worst:.3g}"})
-            else:
-                p_lo, p_hi = median_interval_levels(max(rows, 1), draws)
-                lower, upper = _interval(prediction.values[i], levels, p_lo, p_hi)
-                passed = bool(rows > 0 and lower <= median <= upper)
-                records.append(base | {"check": "median", "lower": lower, "upper": upper, "passed": passed,
-                                       "note": f"{rows} rows; median interval at levels {p_lo:.4f}-{p_hi:.4f}"})
-            medians.append(median)
-            lowers.append(lower)
-            uppers.append(upper)
-        if isinstance(family, Tied):
-            continue
-        medians, lowers, uppers = map(np.asarray, (medians, lowers, uppers))
-        if isinstance(family, Sphere):
-            check = _exponent_check(source, unit, "power_exponent", np.log(n_values), medians,
-                                    predicted_median, lowers, uppers, "slope of log median on log n")
-            asymptote, asymptote_name = 2.0 / (int(family.params["d"]) - 1), "asymptotic_power_exponent"
+        per_n, medians, lowers, uppers = _per_n_checks(stats, source, unit, prediction)
+        records += per_n
+        if not prediction.family.ties_at_maximum:  # Lambda is infinite at every n: no exponent to fit
+            records += _exponent_records(source, unit, prediction, medians, lowers, uppers, fit)
+    return _comparison_frame(records, prediction.family.name)
+
+
+@dataclass(frozen=True)
+class _StoredPrediction:
+    """What a family's store predicts: per ``n`` the quantiles of per-row ``Lambda_n`` at
+    ``levels`` and their median, for the family and sampling its attributes name."""
+
+    family: ScoreFamily
+    exact: bool
+    draws: int
+    n: np.ndarray
+    levels: np.ndarray
+    quantiles: np.ndarray  # (n, level)
+    median: np.ndarray  # (n,)
+
+    @classmethod
+    def of(cls, stats) -> _StoredPrediction:
+        family = make_family(stats.attrs["family"], json.loads(stats.attrs.get("params", "{}")))
+        prediction = stats["predicted_accumulation_scale"].transpose("n", ...).load()
+        levels = prediction[prediction.dims[1]].values
+        return cls(
+            family=family,
+            exact=family.predicted_exactly(stats.attrs.get("sampling", "random")),
+            draws=int(stats.attrs.get("prediction_draws", 2000)),
+            n=stats["n"].values.astype(np.float64),
+            levels=levels,
+            quantiles=prediction.values,
+            median=np.array([_interval(p, levels, 0.5, 0.5)[0] for p in prediction.values]),
+        )
+
+
+def _per_n_checks(stats, source, unit, prediction: _StoredPrediction):
+    """One record per ``n`` of ``unit`` (``every_row_tied``, ``every_row_exact`` or ``median``),
+    and per ``n`` the measured median with the interval the record allows."""
+    unit_stats = stats[["accumulation_scale", "ties"]].sel(unit=unit).transpose("n", "row").load()
+    lam_all = unit_stats["accumulation_scale"].values
+    ties_all = unit_stats["ties"].values
+    records = []
+    for i, n in enumerate(prediction.n):
+        valid = ~np.isnan(lam_all[i])
+        lam, rows = lam_all[i][valid], int(valid.sum())
+        median = float(np.median(lam)) if rows else np.nan
+        predicted = prediction.median[i]
+        base = {"source": source, "unit": unit, "n": n, "measured": median, "predicted": predicted}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            base["ratio"] = median / predicted
+        if prediction.family.ties_at_maximum:
+            check = _tied_check(lam, ties_all[i][valid], rows, predicted)
+        elif prediction.exact:
+            check = _exact_check(lam, rows, predicted)
         else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                x = np.where(n_values >= 3, np.log(np.log(n_values)), np.nan)
-            check = _exponent_check(source, unit, "xi", x, medians, predicted_median, lowers, uppers,
-                                    "slope of log median on log log n")
-            asymptote, asymptote_name = float(family.asymptotic_xi), "asymptotic_xi"
-        records.append(check)
-        if np.isnan(check["predicted"]):
-            continue
-        given = _measured_exponent(fit, unit, check["check"])
-        if given is not None:
-            check["measured"], check["note"] = given, f"measured {check['check']} given by the caller (fits)"
-            check["ratio"] = given / check["predicted"] if check["predicted"] else np.nan
-            check["passed"] = bool(check["lower"] <= given <= check["upper"])
-            if np.isnan(given):
-                check["note"] = f"fits table has no finite {check['check']} for unit {unit!r}"
-        records.append({
-            "source": source, "unit": unit, "check": asymptote_name, "n": np.nan,
-            "measured": check["measured"], "predicted": asymptote,
-            "ratio": check["measured"] / asymptote if asymptote else np.nan,
-            "lower": np.nan, "upper": np.nan, "passed": None,
-            "note": "information only: asymptotes are approached at a log-log rate",
-        })
-    return _comparison_frame(records, family.name)
+            check = _median_check(median, rows, prediction.quantiles[i], prediction.levels, prediction.draws)
+        records.append(base | check)
+    medians, lowers, uppers = (np.asarray([record[key] for record in records]) for key in ("measured", "lower", "upper"))
+    return records, medians, lowers, uppers
+
+
+def _tied_check(lam, ties, rows: int, predicted: float) -> dict:
+    tied = int(np.sum((ties >= 2) & np.isposinf(lam)))
+    passed = rows > 0 and tied == rows and np.isposinf(predicted)
+    return {"check": "every_row_tied", "lower": np.inf, "upper": np.inf, "passed": passed,
+            "note": f"{tied} of {rows} rows tied"}
+
+
+def _exact_check(lam, rows: int, target: float) -> dict:
+    with np.errstate(invalid="ignore"):
+        deviation = np.abs(lam - target) / max(abs(target), 1e-300)
+    worst = float(np.max(deviation)) if rows else np.nan
+    passed = bool(rows > 0 and np.all((lam == target) | (deviation <= EXACT_RTOL)))
+    return {"check": "every_row_exact", "lower": target * (1 - EXACT_RTOL), "upper": target * (1 + EXACT_RTOL),
+            "passed": passed, "note": f"largest relative deviation {worst:.3g}"}
+
+
+def _median_check(median: float, rows: int, quantiles, levels, draws: int) -> dict:
+    p_lo, p_hi = median_interval_levels(max(rows, 1), draws)
+    lower, upper = _interval(quantiles, levels, p_lo, p_hi)
+    passed = bool(rows > 0 and lower <= median <= upper)
+    return {"check": "median", "lower": lower, "upper": upper, "passed": passed,
+            "note": f"{rows} rows; median interval at levels {p_lo:.4f}-{p_hi:.4f}"}
+
+
+def _exponent_records(source, unit, prediction: _StoredPrediction, medians, lowers, uppers, fit) -> list[dict]:
+    """The growth exponent of ``unit`` against the prediction's (measured by the caller's
+    ``fit`` where given), then its asymptotic value for information."""
+    growth = prediction.family.growth
+    check = _exponent_check(source, unit, growth.exponent, growth.axis(prediction.n), medians, prediction.median,
+                            lowers, uppers, f"slope of log median on {growth.axis_name}")
+    if np.isnan(check["predicted"]):
+        return [check]
+    given = _measured_exponent(fit, unit, check["check"])
+    if given is not None:
+        check["measured"], check["note"] = given, f"measured {check['check']} given by the caller (fits)"
+        check["ratio"] = given / check["predicted"] if check["predicted"] else np.nan
+        check["passed"] = bool(check["lower"] <= given <= check["upper"])
+        if np.isnan(given):
+            check["note"] = f"fits table has no finite {check['check']} for unit {unit!r}"
+    asymptote = prediction.family.asymptotic_exponent
+    return [check, {
+        "source": source, "unit": unit, "check": f"asymptotic_{growth.exponent}", "n": np.nan,
+        "measured": check["measured"], "predicted": asymptote,
+        "ratio": check["measured"] / asymptote if asymptote else np.nan,
+        "lower": np.nan, "upper": np.nan, "passed": None,
+        "note": "information only: asymptotes are approached at a log-log rate",
+    }]
 
 
 def _comparison_frame(records, family_name):

@@ -2,12 +2,13 @@
 
 import dask
 
-from critscale import families, runlog, storage
+from critscale import runlog, storage
 from critscale.compute import dask_scheduler
+from critscale.families.dataset import family_dataset
 
 runlog.to_file(snakemake.log[0])
 spec = snakemake.params.spec
-scores = families.family_dataset(
+scores = family_dataset(
     snakemake.wildcards.family,
     spec,
     n_ladder=spec["ladder"],

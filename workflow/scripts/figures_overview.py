@@ -2,10 +2,12 @@
 
 import pandas as pd
 
-from critscale import figures, runlog
+from critscale import runlog
+from critscale.figures.canvas import save
+from critscale.figures.exponents import exponent_table
 
 runlog.to_file(snakemake.log[0])
 fits = pd.read_csv(snakemake.input[0])
 families = fits[fits["kind"] == "family"]
-figures.save(figures.exponent_table(families), snakemake.output[0])
+save(exponent_table(families), snakemake.output[0])
 print(families[["source", "unit", "xi", "xi_low", "xi_high", "law_winner"]].to_string())

@@ -2,8 +2,10 @@
 
 import pandas as pd
 
-from critscale import figures, runlog
+from critscale import runlog
+from critscale.figures.canvas import save
+from critscale.figures.prescriptions import operating_points, rule_drift
 
 runlog.to_file(snakemake.log[0])
-figures.save(figures.rule_drift(pd.read_csv(snakemake.input.rule_drift)), snakemake.output.rule_drift)
-figures.save(figures.operating_points(pd.read_csv(snakemake.input.operating_points)), snakemake.output.operating_points)
+save(rule_drift(pd.read_csv(snakemake.input.rule_drift)), snakemake.output.rule_drift)
+save(operating_points(pd.read_csv(snakemake.input.operating_points)), snakemake.output.operating_points)

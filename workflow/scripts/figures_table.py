@@ -2,8 +2,9 @@
 
 import pandas as pd
 
-from critscale import figures, runlog
+from critscale import runlog
+from critscale.figures.tables import save_table_html
 
 runlog.to_file(snakemake.log[0])
 table = pd.read_csv(snakemake.input[0])
-figures.save_table_html(table, snakemake.output[0], title=snakemake.wildcards.table.replace("_", " "))
+save_table_html(table, snakemake.output[0], title=snakemake.wildcards.table.replace("_", " "))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from critscale import intervention_stats, runlog, storage
-from critscale.figures_intervention import intervention_figure
+from critscale.figures.intervention import intervention_figure
 
 runlog.to_file(snakemake.log[0])
 settings = snakemake.params.intervention
