@@ -3,7 +3,6 @@
 import dask
 
 from critscale import families, runlog, storage
-from critscale.compute import dask_scheduler
 
 runlog.to_file(snakemake.log[0])
 spec = snakemake.params.spec
@@ -18,5 +17,6 @@ scores = families.family_dataset(
     quantiles=snakemake.params.quantiles,
 )
 write = storage.write_dataset(scores, snakemake.output[0], compute=False)
-with dask_scheduler("threads", snakemake.threads) as kwargs:
-    dask.compute(write, **kwargs)
+# Dask's threads directly, not critscale.compute's scheduler setting: this job then runs none of
+# the statistics code, and an edit there does not rerun it (see storage.code_sha256).
+dask.compute(write, scheduler="threads", num_workers=max(1, int(snakemake.threads)))
