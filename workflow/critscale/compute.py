@@ -23,7 +23,7 @@ from dask.callbacks import Callback
 from dask.utils import key_split
 
 from . import storage
-from .config import model_source_name
+from .study import model_source_name
 from .gapstats import DESCRIPTIONS, Grids, feature_layout, pack
 
 log = logging.getLogger(__name__)

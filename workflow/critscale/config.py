@@ -13,17 +13,14 @@ import numpy as np
 import yaml
 
 from .families.spec import parse_spec
-from .gapstats import Grids, octave_grid, row_statistics
+from .gapstats import Grids, row_statistics
+from .study import ConfigError, ladder, model_source_name  # re-exported: critscale.config.ladder etc.
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 #: ``storage_budget_gb`` when the config does not set it: the most the stores of a study may take.
 DEFAULT_STORAGE_BUDGET_GB = 100
 #: Model score stores are float32 whatever the extraction dtype (critscale.extraction).
 MODEL_SCORE_BYTES = 4
-
-
-class ConfigError(ValueError):
-    """A config.yaml problem, with the offending key in the message."""
 
 
 def _key(path) -> str:
@@ -181,11 +178,6 @@ def validate_corpus_pins(config: dict, runs: dict) -> None:
             raise ConfigError(f"config key corpora.{name}: {error}") from None
 
 
-def model_source_name(model: str, corpus: str, exclude_first_keys: int = 0) -> str:
-    """``{model}__{corpus}``, with ``__skip{k}`` when the first ``k`` keys are masked."""
-    return f"{model}__{corpus}" + (f"__skip{exclude_first_keys}" if exclude_first_keys else "")
-
-
 def model_sources(config: dict) -> dict[str, dict]:
     """Each model x corpus (x sink variant) of the ``studies`` as a named source.
 
@@ -220,29 +212,9 @@ def load(path) -> dict:
         return validate(yaml.safe_load(handle))
 
 
-def ladder(spec, key: str = "ladder") -> list[int]:
-    """The context lengths of a ladder spec (see the schema), checked to be increasing and >= 2
-    (a gap statistic needs a second key, so n = 1 has none)."""
-    if isinstance(spec, dict):
-        if spec["min_exponent"] < 1:
-            raise ConfigError(f"config key {key}.min_exponent: n = 2^{spec['min_exponent']} = 1 has no gap; allowed: min_exponent >= 1")
-        if spec["min_exponent"] >= spec["max_exponent"]:
-            raise ConfigError(f"config key {key}: min_exponent must be below max_exponent")
-        return [2**e for e in range(spec["min_exponent"], spec["max_exponent"] + 1)]
-    values = [int(v) for v in spec]
-    if any(v < 2 for v in values) or sorted(set(values)) != values:
-        raise ConfigError(f"config key {key}: context lengths must be >= 2 (n = 1 has no gap) and strictly increasing, got {values}")
-    return values
-
-
 def grids(g: dict) -> Grids:
-    """The evaluation grids of the ``grids`` section of the config."""
-    return Grids(
-        t=np.linspace(g["t"]["start"], g["t"]["stop"], g["t"]["num"]),
-        resolutions=np.asarray(g["resolutions"], dtype=float),
-        beta=octave_grid(g["beta"]["min"], g["beta"]["max"], g["beta"]["per_octave"]),
-        rho=octave_grid(g["rho"]["min"], g["rho"]["max"], g["rho"]["per_octave"]),
-    )
+    """The evaluation grids of the ``grids`` section of the config (:meth:`Grids.from_config`)."""
+    return Grids.from_config(g)
 
 
 # --------------------------------------------------------------------------------------------

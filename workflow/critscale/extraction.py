@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .capture import capturing, check_positions, layer_modules, probe_layers, self_check
-from .config import model_source_name
+from .study import model_source_name
 from .model_loading import ModelSpecError, attention_layout, load_model, max_positions, validate_model_spec
 from .score_writer import RowChunkWriter, choose_row_chunk
 from .storage import create_scores_store, provenance

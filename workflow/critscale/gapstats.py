@@ -88,6 +88,17 @@ class Grids:
             raise ValueError("grids 'beta' and 'rho' must be >= 0")
         object.__setattr__(self, "_chains", {name: doubling_chains(getattr(self, name)) for name in ("beta", "rho")})
 
+    @classmethod
+    def from_config(cls, g: dict) -> Grids:
+        """The grids of the ``grids`` section of a study config (``t`` as a linspace, ``beta`` and
+        ``rho`` as octave grids, see config.schema.yaml)."""
+        return cls(
+            t=np.linspace(g["t"]["start"], g["t"]["stop"], g["t"]["num"]),
+            resolutions=np.asarray(g["resolutions"], dtype=float),
+            beta=octave_grid(g["beta"]["min"], g["beta"]["max"], g["beta"]["per_octave"]),
+            rho=octave_grid(g["rho"]["min"], g["rho"]["max"], g["rho"]["per_octave"]),
+        )
+
     def chains(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`doubling_chains` of grid ``name`` (``beta`` or ``rho``)."""
         return self._chains[name]

@@ -20,11 +20,13 @@ the store is finished, which ``critscale.verify`` checks.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 import shutil
 import sys
 import warnings
@@ -39,6 +41,8 @@ import zarr
 
 SCORE_DIMS = ("unit", "n", "row", "key")
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+#: The library package whose modules :func:`code_sha256` follows (this very package).
+PACKAGE_DIR = Path(__file__).resolve().parent
 #: The checksum manifest inside every complete store (and share bundle): {"sha256": {key: hex}}.
 MANIFEST = "critscale-checksums.json"
 #: Files of a store that are not its data: the manifest itself, and the marker Snakemake puts in
@@ -75,6 +79,104 @@ def lock_sha256() -> str | None:
         return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
     except FileNotFoundError:
         return None
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of library module ``name`` (``critscale.x.y``: ``x/y.py`` or ``x/y/__init__.py``),
+    or None when ``name`` is no module of it (a function or class imported from one)."""
+    base = PACKAGE_DIR.joinpath(*name.split(".")[1:])
+    for candidate in (base / "__init__.py", base.with_name(base.name + ".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+#: Where an import statement starts: a line beginning ``import x`` or ``from x import``.
+_IMPORT_LINE = re.compile(r"^[ \t]*(?:import|from)[ \t]+[\w.]", re.M)
+
+
+def import_statements(text: str) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements of Python source ``text``, at any depth (in a function too), each
+    parsed by :mod:`ast` from the lines it spans. Parsing only these lines, not the whole module,
+    keeps the workflow's parse fast; a line of a docstring that reads like an import is skipped
+    when it does not parse, or counted (the safe side) when it does."""
+    statements = []
+    for match in _IMPORT_LINE.finditer(text):
+        end = text.find("\n", match.start())
+        end = len(text) if end < 0 else end
+        line = text[match.start() : end]
+        while (line.count("(") > line.count(")") or line.rstrip().endswith("\\")) and end < len(text):
+            following = text.find("\n", end + 1)
+            following = len(text) if following < 0 else following
+            line, end = line + text[end:following], following
+        try:
+            statements.extend(ast.parse(line.strip()).body)
+        except SyntaxError:
+            continue
+    return [node for node in statements if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+@functools.cache
+def _imported_files(path: Path, package: str | None) -> frozenset[Path]:
+    """Library modules that the file at ``path`` imports (:func:`import_statements`: nothing is
+    imported). ``package`` is the package a library module belongs to (for relative imports); None
+    for a script. Importing ``critscale.a.b`` runs ``critscale/__init__.py`` and
+    ``critscale/a/__init__.py`` too, so those count."""
+    root = PACKAGE_DIR.name
+    names = set()
+    for node in import_statements(path.read_text()):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+            continue
+        if node.level and package is None:
+            continue  # a script's relative import is not the library
+        if node.level:
+            parts = package.split(".")
+            module = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+        else:
+            module = node.module or ""
+        names.add(module)
+        names.update(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")
+    files = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] != root:
+            continue
+        for end in range(1, len(parts) + 1):  # the module and every package above it
+            if (file := _module_file(".".join(parts[:end]))) is not None:
+                files.add(file)
+    return frozenset(files)
+
+
+def _package_of(file: Path) -> str:
+    parts = file.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1])  # x/__init__.py and x/y.py both belong to package x
+
+
+def code_files(script) -> list[Path]:
+    """The library modules a workflow script runs: those it imports, and those they import in
+    turn (found statically, following absolute and relative imports and subpackages)."""
+    todo, seen = list(_imported_files(Path(script).resolve(), None)), set()
+    while todo:
+        file = todo.pop()
+        if file not in seen:
+            seen.add(file)
+            todo.extend(_imported_files(file, _package_of(file)))
+    return sorted(seen)
+
+
+def code_sha256(script) -> str:
+    """sha256 of a workflow script's text and of every library module it runs (:func:`code_files`),
+    each named by its path in the package, so the same code hashes the same in any checkout and
+    whatever the files' times. The workflow passes it to each rule as a param: editing a module
+    reruns the rules whose scripts import it, and only those."""
+    digest = hashlib.sha256()
+    entries = [("<script>", Path(script))] + [(f.relative_to(PACKAGE_DIR.parent).as_posix(), f) for f in code_files(script)]
+    for label, file in entries:
+        content = file.read_bytes()
+        digest.update(f"{label}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()
 
 
 def provenance(config: dict, **extra) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from critscale import config as study_config
 from critscale import model_loading
 from critscale import stalelock
+from critscale import storage
 
 study_config.validate(config)
 
@@ -41,6 +42,14 @@ def canonical(value):
     """Config values with keys in sorted order: Snakemake compares params as written, so key order
     alone (say, a config rewritten by a YAML dumper) must not trigger a rerun."""
     return json.loads(json.dumps(value, sort_keys=True))
+
+
+def code_hash(script):
+    """The content hash of a rule's script (the path its script: names) and of every critscale
+    module the script imports, directly or through other modules: each rule's code= param, so an
+    edit reruns the rules whose code it changes, and only those (profiles/default reruns on
+    params, input and environment, not on the scripts' file times)."""
+    return storage.code_sha256(Path(workflow.current_basedir.get_path_or_uri(secret_free=True), script))
 
 
 def result(*parts):

@@ -48,6 +48,8 @@ rule figures_source:
         result("logs", "figures_source", "{source}.log"),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/figures_source.py"),
     script:
         "../scripts/figures_source.py"
 
@@ -67,6 +69,8 @@ rule figures_overview:
         result("logs", "figures_overview.log"),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/figures_overview.py"),
     script:
         "../scripts/figures_overview.py"
 
@@ -101,6 +105,8 @@ rule figures_model:
         result("logs", "figures_model", "{source}.log"),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/figures_model.py"),
     script:
         "../scripts/figures_model.py"
 
@@ -128,6 +134,8 @@ rule figures_prescriptions:
         result("logs", "figures_prescriptions", "{source}.log"),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/figures_prescriptions.py"),
     script:
         "../scripts/figures_prescriptions.py"
 
@@ -149,5 +157,7 @@ rule report_table:
         table="|".join(REPORT_TABLES),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/figures_table.py"),
     script:
         "../scripts/figures_table.py"

@@ -14,6 +14,7 @@ rule fit:
     params:
         fitting=canonical(config["fitting"]),
         seed=config["seed"],
+        code=code_hash("../scripts/fit.py"),
     script:
         "../scripts/fit.py"
 
@@ -27,6 +28,8 @@ rule fit_table:
         result("logs", "fit_table.log"),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/fit_table.py"),
     script:
         "../scripts/fit_table.py"
 
@@ -44,5 +47,6 @@ rule coverage:
     params:
         fitting=canonical(config["fitting"]),
         seed=config["seed"],
+        code=code_hash("../scripts/coverage_table.py"),
     script:
         "../scripts/coverage_table.py"

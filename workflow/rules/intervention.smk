@@ -28,6 +28,7 @@ rule intervention_window:
         dtype=lambda wildcards: INTERVENTION["model_dtype"],
         device=lambda wildcards: INTERVENTION["device"],
         seed=config["seed"],
+        code=code_hash("../scripts/intervention_window.py"),
     script:
         "../scripts/intervention_window.py"
 
@@ -50,6 +51,7 @@ rule intervention_table:
         intervention=canonical(INTERVENTION),
         training_length=config["fitting"]["training_length"],
         seed=config["seed"],
+        code=code_hash("../scripts/intervention_table.py"),
     script:
         "../scripts/intervention_table.py"
 

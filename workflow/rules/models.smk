@@ -12,6 +12,7 @@ rule assemble_gguf:
         "../envs/critscale.yaml"
     params:
         spec=lambda wildcards: canonical(config["models"][wildcards.model]),
+        code=code_hash("../scripts/assemble_gguf.py"),
     script:
         "../scripts/assemble_gguf.py"
 
@@ -32,6 +33,7 @@ rule convert_gguf:
         mem_mb=6000,
     params:
         spec=lambda wildcards: gguf_spec(wildcards.model),
+        code=code_hash("../scripts/convert_gguf.py"),
     script:
         "../scripts/convert_gguf.py"
 
@@ -56,5 +58,6 @@ rule model_scores:
         corpus=lambda wildcards: canonical(config["corpora"][EXTRACTED[wildcards.extracted]["corpus"]]),
         extraction=canonical(config.get("extraction", {})),
         seed=config["seed"],
+        code=code_hash("../scripts/model_scores.py"),
     script:
         "../scripts/model_scores.py"

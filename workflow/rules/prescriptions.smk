@@ -16,6 +16,7 @@ rule prescriptions:
         "../envs/critscale.yaml"
     params:
         fitting=canonical(config["fitting"]),
+        code=code_hash("../scripts/prescriptions.py"),
     script:
         "../scripts/prescriptions.py"
 
@@ -31,6 +32,8 @@ rule prescription_table:
         table="rule_drift|recommendations|operating_points",
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/fit_table.py"),
     script:
         "../scripts/fit_table.py"
 
@@ -44,5 +47,7 @@ rule headline:
         result("logs", "headline.log"),
     conda:
         "../envs/critscale.yaml"
+    params:
+        code=code_hash("../scripts/headline.py"),
     script:
         "../scripts/headline.py"

@@ -17,5 +17,6 @@ rule schedule:
     params:
         training_length=config["fitting"]["training_length"],
         level=config["fitting"]["level"],
+        code=code_hash("../scripts/schedule.py"),
     script:
         "../scripts/schedule.py"

@@ -18,5 +18,6 @@ rule family_scores:
         seed=config["seed"],
         row_chunk=config["compute"]["row_chunk"],
         quantiles=config["quantiles"],
+        code=code_hash("../scripts/family_scores.py"),
     script:
         "../scripts/family_scores.py"

@@ -27,6 +27,7 @@ rule share:
         share=canonical(SHARE),
         sources=SOURCES,
         study=canonical(config),
+        code=code_hash("../scripts/share.py"),
     script:
         "../scripts/share.py"
 

@@ -20,5 +20,6 @@ rule statistics:
         quantiles=config["quantiles"],
         compute=canonical(config["compute"]),
         exclude_first_keys=excluded_keys,
+        code=code_hash("../scripts/statistics.py"),
     script:
         "../scripts/statistics.py"

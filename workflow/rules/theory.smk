@@ -18,5 +18,7 @@ rule theory_check:
         "../envs/critscale.yaml"
     resources:
         mem_mb=2000,
+    params:
+        code=code_hash("../scripts/theory_check.py"),
     script:
         "../scripts/theory_check.py"

@@ -3,7 +3,6 @@
 import dask
 
 from critscale import runlog, storage
-from critscale.compute import dask_scheduler
 from critscale.families.dataset import family_dataset
 
 runlog.to_file(snakemake.log[0])
@@ -19,5 +18,6 @@ scores = family_dataset(
     quantiles=snakemake.params.quantiles,
 )
 write = storage.write_dataset(scores, snakemake.output[0], compute=False)
-with dask_scheduler("threads", snakemake.threads) as kwargs:
-    dask.compute(write, **kwargs)
+# Dask's threads directly, not critscale.compute's scheduler setting: this job then runs none of
+# the statistics code, and an edit there does not rerun it (see storage.code_sha256).
+dask.compute(write, scheduler="threads", num_workers=max(1, int(snakemake.threads)))

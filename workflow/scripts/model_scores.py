@@ -1,7 +1,6 @@
 """Extract a model's attention rows on a corpus into a score store (thin wrapper)."""
 
-from critscale import extraction, runlog
-from critscale import config as study_config
+from critscale import extraction, runlog, study
 
 runlog.to_file(snakemake.log[0])
 run, settings = snakemake.params.run, snakemake.params.extraction
@@ -9,7 +8,7 @@ summary = extraction.extract_to_store(
     snakemake.params.model,
     snakemake.params.corpus,
     snakemake.output[0],
-    n_ladder=study_config.ladder(snakemake.params.model["ladder"]),
+    n_ladder=study.ladder(snakemake.params.model["ladder"]),
     sequences=snakemake.params.model.get("sequences", settings.get("sequences", 4)),
     queries=settings.get("queries", 1),
     layers=settings.get("layers"),

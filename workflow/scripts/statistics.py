@@ -1,14 +1,14 @@
 """Gap statistics of one score store (thin wrapper over critscale.compute)."""
 
 from critscale import compute, runlog
-from critscale import config as study_config
+from critscale.gapstats import Grids
 
 runlog.to_file(snakemake.log[0])
 settings = snakemake.params.compute
 compute.compute_statistics_store(
     snakemake.input[0],
     snakemake.output[0],
-    study_config.grids(snakemake.params.grids),
+    Grids.from_config(snakemake.params.grids),
     quantiles=snakemake.params.quantiles,
     row_chunk=settings["row_chunk"],
     scheduler=settings["scheduler"],
