@@ -22,6 +22,7 @@ include: "workflow/rules/prescriptions.smk"
 include: "workflow/rules/schedules.smk"
 include: "workflow/rules/intervention.smk"
 include: "workflow/rules/share.smk"
+include: "workflow/rules/genres.smk"
 
 
 rule all:

