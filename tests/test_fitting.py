@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from critscale.fitting import LAWS, fit_source, fits_to_dataset, headline, median_aggregates
+from critscale import config as study_config
+from critscale.fitting import LAWS, fit_source, fits_to_dataset, headline, median_aggregates, settings_from_config
 from critscale.resampling import SortedRows
 from critscale.storage import open_store, write_dataset
 from synthetic_stats import LADDER, log_law_stats, stats_from_rows
@@ -295,3 +296,12 @@ def test_resampled_medians_do_not_depend_on_threads():
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, many)
     assert one.shape == (64, 3, len(LADDER)) and (draws.sum(axis=1) == 16).all()
+
+
+def test_the_fit_rule_takes_exactly_the_fitting_keys_the_fit_reads():
+    # A key read but not in FIT_KEYS would change fits without rerunning them; one in FIT_KEYS
+    # but not read would rerun them for nothing.
+    section = {key: f"value of {key}" for key in study_config.FIT_KEYS}
+    assert sorted(map(str, settings_from_config(section).values())) == sorted(section.values())
+    config = {"fitting": {**section, "training_length": 64, "extension_factors": [2], "coverage": {"replications": 1}}}
+    assert study_config.fit_settings(config) == section

@@ -75,6 +75,18 @@ def test_changing_one_family_reruns_only_its_jobs(finished, tmp_path):
     assert "source=simplex" not in run.stdout and "family=simplex" not in run.stdout
 
 
+def test_scheduler_and_settings_of_other_rules_rerun_no_statistics_or_fit(finished, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["compute"]["scheduler"] = "synchronous"
+    config["fitting"]["coverage"]["replications"] += 1
+    config["fitting"]["training_length"] *= 2
+    config["fitting"]["extension_factors"] = [2]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake("-n", config=changed, results=finished))
+    assert "statistics" not in jobs and "fit" not in jobs and jobs.get("coverage") == 1, jobs
+
+
 def test_cores_do_not_change_the_statistics(finished, tmp_path):
     serial = tmp_path / "serial"
     snakemake("--until", "theory_check", cores=1, results=serial)

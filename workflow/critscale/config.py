@@ -207,6 +207,24 @@ def scores_source(config: dict, source: str) -> str:
     return model_source_name(run["model"], run["corpus"]) if run else source
 
 
+#: The keys of the ``fitting`` section that change a fit: :func:`critscale.fitting.settings_from_config`
+#: reads exactly these (tests/test_fitting.py checks it).  The rule ``fit`` takes only these, so
+#: changing ``coverage``, ``training_length`` or ``extension_factors`` reruns no fit.
+FIT_KEYS = ("bootstrap", "held_out", "level", "method", "min_units", "fdr", "fdr_method", "law_share")
+
+
+def fit_settings(config: dict) -> dict:
+    """The ``fitting`` keys of :data:`FIT_KEYS` that the config sets (the rule ``fit``'s params)."""
+    return {key: value for key, value in config["fitting"].items() if key in FIT_KEYS}
+
+
+def statistics_settings(config: dict) -> dict:
+    """The ``compute`` section without ``scheduler`` (the rule ``statistics``' params): where the
+    Dask stage runs never changes what it writes (tests/test_compute.py: the same store on every
+    scheduler), so a new scheduler must not rerun it; the script reads the scheduler itself."""
+    return {key: value for key, value in config["compute"].items() if key != "scheduler"}
+
+
 def load(path) -> dict:
     with open(path) as handle:
         return validate(yaml.safe_load(handle))

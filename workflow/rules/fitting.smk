@@ -9,10 +9,12 @@ rule fit:
         dataset=result("fits", "{source}.nc"),
     log:
         result("logs", "fit", "{source}.log"),
+    benchmark:
+        result("benchmarks", "fit", "{source}.tsv")
     conda:
         "../envs/critscale.yaml"
     params:
-        fitting=canonical(config["fitting"]),
+        fitting=canonical(study_config.fit_settings(config)),
         seed=config["seed"],
         code=code_hash("../scripts/fit.py"),
     script:

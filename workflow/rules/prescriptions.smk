@@ -12,6 +12,8 @@ rule prescriptions:
         operating_points=result("prescriptions", "{model_source}", "operating_points.csv"),
     log:
         result("logs", "prescriptions", "{model_source}.log"),
+    benchmark:
+        result("benchmarks", "prescriptions", "{model_source}.tsv")
     conda:
         "../envs/critscale.yaml"
     params:

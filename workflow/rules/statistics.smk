@@ -18,7 +18,7 @@ rule statistics:
     params:
         grids=canonical(config["grids"]),
         quantiles=config["quantiles"],
-        compute=canonical(config["compute"]),
+        compute=canonical(study_config.statistics_settings(config)),
         exclude_first_keys=excluded_keys,
         code=code_hash("../scripts/statistics.py"),
     script:

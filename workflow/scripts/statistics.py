@@ -4,7 +4,8 @@ from critscale import compute, runlog
 from critscale.gapstats import Grids
 
 runlog.to_file(snakemake.log[0])
-settings = snakemake.params.compute
+# the scheduler is no rerun trigger (critscale.config.statistics_settings), so not in params
+settings = {**snakemake.params.compute, "scheduler": snakemake.config["compute"]["scheduler"]}
 compute.compute_statistics_store(
     snakemake.input[0],
     snakemake.output[0],
