@@ -208,7 +208,7 @@ def test_a_tiny_llama_reading_two_corpora_gets_the_comparison(tmp_path, tiny_lla
     """In the default target only when a model reads two corpora; then the tables, the figure and
     the report page from the real fits of both sources."""
     results = tmp_path / "results"
-    model = {"tiny_llama": {"path": str(tiny_llama), "ladder": [32, 64, 128]}}
+    model = {"tiny_llama": {"path": str(tiny_llama), "ladder": [32, 64, 128, 256]}}
     one = config_with(tmp_path, "one.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare"]}])
     assert "genres" not in planned_jobs(snakemake("-n", config=one, results=results))
     both = [{"model": "tiny_llama", "corpora": ["shakespeare", "xarray_source"]}]
