@@ -22,12 +22,13 @@ SOURCES = FAMILIES + list(MODEL_RUNS)
 study_config.validate_model_sources(config)
 
 # Before any job: the stores' estimated size against the budget and the free disk. A hard kill
-# leaves Snakemake's lock behind; remove it when no other snakemake runs here, so a
-# plain rerun resumes (with rerun-incomplete from profiles/default). Jobs (subprocess or remote
-# mode) parse this file too and must never touch the lock of the run that started them.
+# leaves Snakemake's lock behind; remove it when every run recorded here is gone (each run,
+# this one too, records its process id and start time first), so a plain rerun resumes (with
+# rerun-incomplete from profiles/default). Jobs (subprocess or remote mode) parse this file too
+# and must never touch the lock of the run that started them.
 if workflow.is_main_process:
     study_config.check_storage(config)  # estimate vs storage_budget_gb and free disk
-    for stale in stalelock.remove_stale_locks(Path.cwd()):
+    for stale in stalelock.start_run(Path.cwd()):
         print(f"critscale: removed the stale lock {stale} of a killed run", file=sys.stderr)
 
 
