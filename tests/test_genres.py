@@ -18,7 +18,7 @@ from statsmodels.stats.multitest import multipletests
 from critscale import config as study_config
 from critscale import fitting, genres, readme_figures
 from critscale.coverage import stats_from_rows
-from critscale.figures import save
+from critscale.figures.canvas import save
 from critscale.figures.genres import genre_figure
 from test_workflow_models import config_with, tiny_llama  # noqa: F401 (the tiny Llama fixture)
 from tiny_study import planned_jobs, snakemake
