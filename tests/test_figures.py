@@ -27,6 +27,7 @@ from critscale import config as study_config
 from critscale.families.dataset import family_dataset
 from critscale.figures import canvas, exponents, per_source, selection, tables
 from critscale.figures import prescriptions as prescription_figures
+from critscale.figures.genres import genre_figure
 from critscale.laws import LAWS
 from report_check import PNG_SIGNATURE, report_problems
 
@@ -365,7 +366,18 @@ def study_family_fits():
 
 
 @pytest.fixture(scope="module")
-def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, narrow_scale_stats):
+def genre_tables():
+    """``(heads, summary)`` of one model reading three corpora, one of which shifts a third of the
+    heads: marked heads, unmarked heads and a summary per pair."""
+    from test_genres import compare
+
+    exponents = np.linspace(0, 2, 60)
+    return compare({"a": exponents, "b": exponents + np.where(np.arange(60) < 20, 1.0, 0.0), "c": exponents},
+                   seed=70)
+
+
+@pytest.fixture(scope="module")
+def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, narrow_scale_stats, genre_tables):
     """(name, figure factory) for every figure function, on families, a small and a 30 x 9 model."""
     small_fits = fit_rows("toy_model", "model", MODEL_UNITS, [0.5, 1.02, 1.6, np.nan], layer=[0, 0, 1, 1],
                           head=[0, 1, 0, 1])
@@ -384,6 +396,8 @@ def figure_cases(family_stats, model_stats, big_model_stats, big_model_fits, nar
         "rule_drift": [lambda: prescription_figures.rule_drift(prescriptions.rule_drift(big_model_stats, training_length=128))],
         "operating_points": [lambda: prescription_figures.operating_points(prescriptions.operating_points(big_model_stats)),
                              lambda: prescription_figures.operating_points(prescriptions.operating_points(model_stats))],
+        "genre_figure": [lambda: genre_figure(*genre_tables),
+                         lambda: genre_figure(genre_tables[0].iloc[:0], genre_tables[1].iloc[:0])],
     }
 
 

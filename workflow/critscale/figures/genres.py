@@ -10,6 +10,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from critscale.figures.canvas import move_legend_outside
+
 #: Outcome of a head's test, in drawing order, and its colour.
 OUTCOMES = {"no difference": "#9e9e9e", "higher on B": "#d95f02", "lower on B": "#1b9e77"}
 PAIR_KEYS = ["model", "exclude_first_keys", "corpus_a", "corpus_b"]
@@ -64,7 +66,7 @@ def genre_figure(heads: pd.DataFrame, summary: pd.DataFrame) -> Figure:
             top.plot([low, high], [low, high], color="black", lw=0.8, ls="--")
             top.set(xlabel=r"$\xi$ on A", ylabel=r"$\xi$ on B", title=_pair_title(pair, row))
             if column == 0 and top.get_legend() is not None:
-                top.get_legend().set_title("head (FDR)")
+                move_legend_outside(fig, top, title="head (FDR)")
             sns.histplot(data=here, x="shift", hue="outcome", hue_order=list(OUTCOMES), palette=OUTCOMES,
                          multiple="stack", bins=30, ax=bottom, legend=False)
             bottom.axvline(0, color="black", lw=0.8)
