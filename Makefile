@@ -47,7 +47,7 @@ chromium:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "make test: installing Chromium (apt-get install -y chromium)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else \
 	    echo "make test needs Chromium for the report test; run: sudo apt-get install -y chromium" >&2; \
 	    exit 1; \
@@ -60,7 +60,7 @@ debian-corpora:
 	@dpkg-query -W $(DEBIAN_CORPORA) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing the corpora's Debian packages (apt-get install -y $(DEBIAN_CORPORA))"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_CORPORA) >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_CORPORA) >/dev/null; \
 	  else \
 	    echo "the corpora need Debian packages; run: sudo apt-get install -y $(DEBIAN_CORPORA)" >&2; \
 	    exit 1; \
