@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_PIN = $(shell grep -m1 '^uv==' $(LOCK) | cut -d' ' -f1)
 
-.PHONY: study long intervene test test-fast chromium debian-corpora benchmark share verify dry-run lock readme-figures clean-results
+.PHONY: study long genres intervene test test-fast chromium debian-corpora benchmark share verify dry-run lock readme-figures clean-results
 
 $(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ study: debian-corpora $(STAMP)
 # The long-context study (config/long.yaml): SmolLM2 up to n = 8192 on one corpus.
 long: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/long.yaml --replace-workflow-config
+
+# The genre study (config/genres.yaml, an overlay of config.yaml): Qwen2.5-Coder-0.5B on code and
+# encyclopedic prose; prints the wall time at the end (README quotes it).
+genres: debian-corpora $(STAMP)
+	/usr/bin/time -f 'make genres: %e s wall' $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) config/genres.yaml --replace-workflow-config
 
 # The intervention (config/intervene.yaml): SmolLM2's schedule and the published rules beyond its
 # 8192 positions; prints the plan's size first and the wall time at the end. INTERVENE_CONFIG takes
