@@ -128,10 +128,12 @@ def gap_statistics(
                 meta=np.empty((0, 0, 0)),
             )
         )
-    # Zarr chunks of the store: whole blocks merged up to _WRITE_ELEMENTS, because each chunk
-    # write costs milliseconds of fixed overhead (and the values do not depend on the chunking).
+    # Zarr chunks of the store: whole blocks merged (rows first, then units) up to _WRITE_ELEMENTS,
+    # because each chunk read or write costs about a millisecond of fixed overhead; the values do
+    # not depend on the chunking.
     write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width), row_chunk, rows))
-    packed = da.stack(per_n, axis=1).rechunk({2: write_rows})  # (unit, n, row, feature)
+    write_units = int(np.clip(_WRITE_ELEMENTS // (write_rows * grids.width), unit_chunk, units))
+    packed = da.stack(per_n, axis=1).rechunk({0: write_units, 2: write_rows})  # (unit, n, row, feature)
 
     coords = {name: coord for name, coord in scores.coords.items() if "key" not in coord.dims}
     coords.update(t=grids.t, r=grids.resolutions, beta=grids.beta, rho=grids.rho)
@@ -145,6 +147,8 @@ def gap_statistics(
         description, units = DESCRIPTIONS[base]
         if name != base:
             description += ", at beta = rho * Lambda of the row"
+        if not dim:  # a per-row scalar: the fits read these whole, so few chunks of every n
+            array = array.rechunk(_scalar_chunks(array.shape))
         variables[name] = (dims, array, {"description": description, "units": units})
     stats = xr.Dataset(variables, coords=coords)
     for name, var in scores.data_vars.items():
@@ -165,6 +169,13 @@ def gap_statistics(
         stats.attrs["source"] = model_source_name(scores.attrs["model"], scores.attrs["corpus"], int(exclude_first_keys))
     stats.attrs["grids"] = json.dumps({k: getattr(grids, k).tolist() for k in ("t", "resolutions", "beta", "rho")})
     return stats
+
+
+def _scalar_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Chunks of a ``(unit, n, row)`` variable: all lengths and rows, as many units as fit in
+    :data:`_WRITE_ELEMENTS` values (a SmolLM2 store: one chunk instead of 408 of 4 heads)."""
+    units, lengths, rows = shape
+    return (int(np.clip(_WRITE_ELEMENTS // max(lengths * rows, 1), 1, units)), lengths, rows)
 
 
 @contextmanager

@@ -43,6 +43,8 @@ Conventions chosen where the theory is silent (also in the README):
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -53,6 +55,8 @@ from critscale import intervals, laws
 from critscale.laws import LAWS
 from critscale.resampling import SortedRows, unit_multiplicities
 from critscale.storage import provenance
+
+log = logging.getLogger(__name__)
 
 #: An exact law (the simplex: xi = 1 to rounding) must never "exclude" 1.
 EXCLUDES_ONE_TOLERANCE = 1e-9
@@ -79,11 +83,14 @@ def _on_ladder(stats: xr.Dataset) -> xr.Dataset:
 
 def _row_variables(stats: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(values, n, sequence codes)``: the median variables stacked as ``(variable, unit, n, row)``
-    on the ladder (see :func:`_on_ladder`)."""
+    on the ladder (see :func:`_on_ladder`).  Logs how long the read took (the study's read cost)."""
+    started = time.perf_counter()
     stats = _on_ladder(stats)
     values = np.stack(
         [stats[name].transpose("unit", "n", "row").values for name in MEDIAN_VARIABLES]
     ).astype(np.float64)
+    log.info("read %s of shape %s (unit, n, row) in %.2f s", ", ".join(MEDIAN_VARIABLES),
+             values.shape[1:], time.perf_counter() - started)
     if "sequence" in stats.coords:
         sequence_codes, _ = pd.factorize(np.asarray(stats["sequence"].values))
     else:  # no sequence coordinate: every row is its own sequence
