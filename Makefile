@@ -101,6 +101,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_gapstats.py
 	$(BIN)/python benchmarks/bench_extraction.py
 	$(BIN)/python benchmarks/bench_row_quantiles.py
+	$(BIN)/python benchmarks/bench_plan.py
 
 # make share LEVEL=rows (or scores): a sharing level other than the config's
 share: $(STAMP)

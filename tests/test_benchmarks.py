@@ -33,3 +33,12 @@ def test_gapstats_benchmark_reports_machine_and_rates():
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["machine"]["numpy_simd"]["best"]
     assert set(summary["64"]["rates"]) >= {"fair baseline (vectorised numpy)"}
+
+
+@pytest.mark.slow
+def test_a_study_of_8_model_sources_and_20_families_plans_in_under_30_seconds():
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_plan.py")], capture_output=True, text=True, check=True)
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (summary["families"], summary["model_sources"]) == (20, 8)
+    assert summary["jobs"] > 8 * 4 + 20 * 3  # extraction, statistics, fit, figures per source at least
+    assert summary["plan_seconds"] < 30, run.stdout

@@ -275,3 +275,27 @@ def test_truncated_safetensors_names_the_file(tmp_path):
     config = with_models(tmp_path, {"path": str(tmp_path / "model"), "ladder": [64, 128, 256]})
     with pytest.raises(study_config.ConfigError, match=r"models\.m: weights file .*model\.safetensors is truncated: \d+ bytes, its header needs \d+"):
         study_config.validate_model_sources(config)
+
+
+def test_defaults_come_from_the_schema_and_fill_absent_keys():
+    config = copy.deepcopy(DEFAULT)
+    del config["extraction"], config["compute"]["memory_budget_mb"], config["fitting"]["extension_factors"]
+    study_config.validate(config)
+    assert config["compute"]["memory_budget_mb"] == 64
+    assert config["fitting"]["extension_factors"] == [2, 4, 8]
+    assert config["extraction"] == {"sequences": 32, "queries": 4, "model_dtype": "float32", "device": "auto",
+                                    "attention_output": "sdpa"}
+    assert config["share"] == {"level": "aggregates", "format": "zip"}
+    given = copy.deepcopy(DEFAULT)
+    given["extraction"]["queries"] = 2
+    assert study_config.validate(given)["extraction"]["queries"] == 2  # a given value is kept
+
+
+def test_scripts_carry_no_defaults():
+    # a default in a script is a second home of a fact the schema holds (and they had drifted: the
+    # windows per corpus defaulted to 4 in the extraction script and to 32 in the size estimate)
+    import re
+
+    literal_default = re.compile(r"\.get\(\s*['\"]\w+['\"]\s*,\s*(?:['\"\[{(\d-]|True|False)")
+    for script in sorted((ROOT / "workflow" / "scripts").glob("*.py")):
+        assert not literal_default.search(script.read_text()), script.name

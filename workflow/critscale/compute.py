@@ -128,10 +128,10 @@ def gap_statistics(
                 meta=np.empty((0, 0, 0)),
             )
         )
-    # Zarr chunks of the store: whole blocks merged (rows first, then units) up to _WRITE_ELEMENTS,
+    # Zarr chunks of the store: whole blocks (never split) merged, rows first, then units, up to _WRITE_ELEMENTS,
     # because each chunk read or write costs about a millisecond of fixed overhead; the values do
     # not depend on the chunking.
-    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width), row_chunk, rows))
+    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width) // row_chunk * row_chunk, row_chunk, rows))
     write_units = int(np.clip(_WRITE_ELEMENTS // (write_rows * grids.width), unit_chunk, units))
     packed = da.stack(per_n, axis=1).rechunk({0: write_units, 2: write_rows})  # (unit, n, row, feature)
 

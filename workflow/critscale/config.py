@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -45,6 +46,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key {where}: {error.message}"
 
 
+def fill_defaults(schema: dict, instance: dict) -> None:
+    """Write each ``default`` of the schema's properties into ``instance`` where the key is absent,
+    recursing into objects: the schema is the one home of every default, and the rules, scripts
+    and size estimates read the filled config."""
+    for key, spec in schema.get("properties", {}).items():
+        if key not in instance and "default" in spec:
+            instance[key] = copy.deepcopy(spec["default"])
+        if isinstance(instance.get(key), dict):
+            fill_defaults(spec, instance[key])
+
+
 def validate(config: dict) -> dict:
     """Validate ``config`` against the JSON schema and the cross-field rules; return it.
 
@@ -54,6 +66,7 @@ def validate(config: dict) -> dict:
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("\n".join(_describe(e) for e in errors))
+    fill_defaults(schema, config)
     for name in ("beta", "rho"):
         grid = config["grids"][name]
         if grid["min"] >= grid["max"]:
@@ -158,7 +171,7 @@ def corpus_tokens_needed(config: dict, runs: dict) -> dict[str, int]:
     needed: dict[str, int] = {}
     for run in runs.values():
         spec = config["models"][run["model"]]
-        sequences = spec.get("sequences", config.get("extraction", {}).get("sequences", 32))
+        sequences = spec.get("sequences", config["extraction"]["sequences"])
         tokens = int(sequences) * max(ladder(spec["ladder"], f"models.{run['model']}.ladder"))
         needed[run["corpus"]] = max(needed.get(run["corpus"], 0), tokens)
     return needed
@@ -330,8 +343,8 @@ def _model_stores(config: dict, per_row: int, units_of) -> list[StoreEstimate]:
         for source, run in sources.items():
             n_ladder = ladder(config["models"][run["model"]]["ladder"])
             units = units_of(run["model"])
-            sequences = config["models"][run["model"]].get("sequences", extraction.get("sequences", 4))
-            rows = sequences * extraction.get("queries", 1)
+            sequences = config["models"][run["model"]].get("sequences", extraction["sequences"])
+            rows = sequences * extraction["queries"]
             keys = ("extraction.sequences", "extraction.queries", f"models.{run['model']}.ladder", "extraction.layers", "extraction.heads")
             per_unit_row = sum(n_ladder) * MODEL_SCORE_BYTES if store == "scores" else len(n_ladder) * per_row
             estimates.append(StoreEstimate(f"{store}/{source}.zarr", units * rows * per_unit_row, keys))

@@ -38,6 +38,7 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec
 
 SCORE_DIMS = ("unit", "n", "row", "key")
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
@@ -45,6 +46,10 @@ LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: The checksum manifest inside every complete store (and share bundle): {"sha256": {key: hex}}.
 MANIFEST = "critscale-checksums.json"
+#: Codec of every numeric data variable: Blosc LZ4 with byte shuffle writes a statistics store's
+#: float64 three times as fast as Zarr 3's default (zstd) at a better ratio (measured on a SmolLM2
+#: store: 497 against 157 MB/s written, 852 against 558 MB/s read, ratio 1.23 against 1.16).
+COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 #: Files of a store that are not its data: the manifest itself, and the marker Snakemake puts in
 #: every directory() output after its job.
 NOT_CHECKSUMMED = (MANIFEST, ".snakemake_timestamp")
@@ -219,8 +224,12 @@ def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict 
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
+    encoding = {name: dict(spec) for name, spec in (encoding or {}).items()}
+    for name, var in ds.data_vars.items():
+        if var.dtype.kind in "biuf":
+            encoding.setdefault(name, {}).setdefault("compressors", COMPRESSORS)
     with quiet_consolidation():
-        write = portable_strings(ds).to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding or {}, zarr_format=3)
+        write = portable_strings(ds).to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding, zarr_format=3)
     if compute:
         write_manifest(path)
         return write

@@ -181,7 +181,7 @@ def intervention_window_settings():
 def share_scores(wildcards):
     """The score store of every source, when the sharing level includes them (a sink variant's is
     its pair's: it has none of its own)."""
-    if config.get("share", {}).get("level", "aggregates") == "scores":
+    if config["share"]["level"] == "scores":  # filled in by study_config.validate
         return [result("scores", f"{study_config.scores_source(config, source)}.zarr") for source in SOURCES]
     return []
 

@@ -2,8 +2,8 @@
 # level. `snakemake --cores 1 verify`: every store and bundle under the results folder against
 # the checksum manifest it carries.
 
-SHARE = config.get("share", {})
-ZIPPED = SHARE.get("format", "zip") == "zip"
+SHARE = config["share"]  # defaults filled in by study_config.validate
+ZIPPED = SHARE["format"] == "zip"
 BUNDLE = result("share", "critscale-bundle.zarr" + (".zip" if ZIPPED else ""))
 
 

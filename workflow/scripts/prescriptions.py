@@ -11,7 +11,7 @@ fits = pd.read_csv(snakemake.input.fits)
 drift = prescriptions.rule_drift(stats, training_length=settings["training_length"])
 points = prescriptions.operating_points(stats)
 advice = prescriptions.recommendations(
-    fits, training_length=settings["training_length"], extension_factors=settings.get("extension_factors", [2, 4, 8])
+    fits, training_length=settings["training_length"], extension_factors=settings["extension_factors"]
 )
 storage.write_table(drift, snakemake.output.rule_drift)
 storage.write_table(points, snakemake.output.operating_points)

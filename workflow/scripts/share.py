@@ -13,8 +13,8 @@ share.pack_bundle(
     fits_table=snakemake.input.fits,
     headline_table=snakemake.input.headline,
     config=snakemake.params.study,
-    level=settings.get("level", "aggregates"),
-    fmt=settings.get("format", "zip"),
+    level=settings["level"],
+    fmt=settings["format"],
     url=config.share_url(snakemake.params.study),
     storage_options=settings.get("storage_options"),
 )

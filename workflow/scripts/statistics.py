@@ -14,7 +14,7 @@ compute.compute_statistics_store(
     row_chunk=settings["row_chunk"],
     scheduler=settings["scheduler"],
     workers=snakemake.threads,
-    memory_budget=settings.get("memory_budget_mb", 64) * 2**20,
+    memory_budget=settings["memory_budget_mb"] * 2**20,
     exclude_first_keys=snakemake.params.exclude_first_keys,
     config={"grids": snakemake.params.grids, "quantiles": snakemake.params.quantiles, "compute": settings},
 )
