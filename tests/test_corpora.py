@@ -134,3 +134,15 @@ def test_shipped_corpora_are_pinned_and_independent_of_the_environment(monkeypat
         inside = [f for f in info["files"] if Path(f).resolve().is_relative_to(repository)
                   and not Path(f).resolve().is_relative_to(Path(sys.prefix).resolve())]
         assert not inside, name
+
+
+def test_every_shipped_config_reads_pinned_corpora_that_agree_with_config_yaml():
+    # config/*.yaml that name corpora repeat config.yaml's entries (a run of their own replaces
+    # the workflow config): each is pinned, none reads the environment, and they agree
+    repository = Path(__file__).resolve().parents[1]
+    unpinnable = {"stdlib", "package_readmes"}
+    for path in [repository / "config.yaml", *sorted((repository / "config").glob("*.yaml"))]:
+        for name, spec in (yaml.safe_load(path.read_text()) or {}).get("corpora", {}).items():
+            assert spec["kind"] not in unpinnable, f"{path.name} reads {name} ({spec['kind']})"
+            assert spec.get("sha256") and spec.get("version"), f"corpus {name} of {path.name} is not pinned"
+            assert spec == DEFAULT_CONFIG["corpora"][name], f"corpus {name} of {path.name} differs from config.yaml"
