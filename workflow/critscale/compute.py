@@ -86,6 +86,38 @@ def row_quantiles(values: xr.DataArray, quantiles) -> xr.DataArray:
     return out.assign_coords(quantile=levels).transpose("quantile", ...)
 
 
+def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget: int,
+                 exclude_first_keys: int) -> da.Array:
+    """Lazy ``(unit, n, row, feature)`` packed statistics of every row, in blocks of whole rows of
+    one length, chunked for the store."""
+    values = scores["scores"].data
+    units, _, rows, longest = values.shape
+    row_chunk = max(1, min(int(row_chunk), rows))
+    # Many units per block when rows are few (model stores: layers x heads): the per-beta work of
+    # a block is vectorised over all its rows, so tiny blocks would pay Python overhead per block.
+    unit_chunk = int(np.clip(_BLOCK_ELEMENTS // (row_chunk * longest), 1, units))
+    per_n = []
+    for i, n in enumerate(scores["n"].values):
+        block = values[:, i, :, : int(n)].rechunk((unit_chunk, row_chunk, int(n)))
+        per_n.append(
+            block.map_blocks(
+                _pack_block,
+                grids,
+                memory_budget,
+                exclude_first_keys,
+                dtype=np.float64,
+                chunks=(block.chunks[0], block.chunks[1], (grids.width,)),
+                meta=np.empty((0, 0, 0)),
+            )
+        )
+    # Zarr chunks of the store: whole blocks (never split) merged, rows first, then units, up to
+    # _WRITE_ELEMENTS, because each chunk read or write costs about a millisecond of fixed
+    # overhead; the values do not depend on the chunking.
+    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width) // row_chunk * row_chunk, row_chunk, rows))
+    write_units = int(np.clip(_WRITE_ELEMENTS // (write_rows * grids.width), unit_chunk, units))
+    return da.stack(per_n, axis=1).rechunk({0: write_units, 2: write_rows})
+
+
 def gap_statistics(
     scores: xr.Dataset,
     grids: Grids,
@@ -108,32 +140,7 @@ def gap_statistics(
     """
     if int(exclude_first_keys) != exclude_first_keys or exclude_first_keys < 0:
         raise ValueError(f"exclude_first_keys must be an integer >= 0, got {exclude_first_keys!r}")
-    values = scores["scores"].data
-    units, _, rows, longest = values.shape
-    row_chunk = max(1, min(int(row_chunk), rows))
-    # Many units per block when rows are few (model stores: layers x heads): the per-beta work of
-    # a block is vectorised over all its rows, so tiny blocks would pay Python overhead per block.
-    unit_chunk = int(np.clip(_BLOCK_ELEMENTS // (row_chunk * longest), 1, units))
-    per_n = []
-    for i, n in enumerate(scores["n"].values):
-        block = values[:, i, :, : int(n)].rechunk((unit_chunk, row_chunk, int(n)))
-        per_n.append(
-            block.map_blocks(
-                _pack_block,
-                grids,
-                memory_budget,
-                int(exclude_first_keys),
-                dtype=np.float64,
-                chunks=(block.chunks[0], block.chunks[1], (grids.width,)),
-                meta=np.empty((0, 0, 0)),
-            )
-        )
-    # Zarr chunks of the store: whole blocks (never split) merged, rows first, then units, up to _WRITE_ELEMENTS,
-    # because each chunk read or write costs about a millisecond of fixed overhead; the values do
-    # not depend on the chunking.
-    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width) // row_chunk * row_chunk, row_chunk, rows))
-    write_units = int(np.clip(_WRITE_ELEMENTS // (write_rows * grids.width), unit_chunk, units))
-    packed = da.stack(per_n, axis=1).rechunk({0: write_units, 2: write_rows})  # (unit, n, row, feature)
+    packed = _packed_rows(scores, grids, row_chunk, memory_budget, int(exclude_first_keys))
 
     coords = {name: coord for name, coord in scores.coords.items() if "key" not in coord.dims}
     coords.update(t=grids.t, r=grids.resolutions, beta=grids.beta, rho=grids.rho)
