@@ -230,3 +230,20 @@ def test_a_tiny_llama_reading_two_corpora_gets_the_comparison(tmp_path, tiny_lla
     assert summary.loc[0, "heads_compared"] == heads["p_value"].notna().sum() >= 1
     np.testing.assert_allclose(heads["xi_a"], fits["xi"])
     assert targets[1].stat().st_size > 10_000 and (results / "benchmarks" / "genres.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_the_genre_study_plans_qwen_on_code_and_encyclopedic_prose(tmp_path):
+    # make genres: config/genres.yaml over config.yaml; the Qwen slices assembled and converted once
+    import subprocess
+    import sys
+
+    from tiny_study import ROOT, planned_jobs
+
+    command = [sys.executable, "-m", "snakemake", "-n", "--configfile", "config.yaml", "config/genres.yaml",
+               "--replace-workflow-config", "--config", f"results={tmp_path}"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = planned_jobs(run)
+    assert (jobs["assemble_gguf"], jobs["convert_gguf"], jobs["model_scores"], jobs["genres"]) == (1, 1, 2, 1), jobs
+    assert "qwen25_coder_05b__xarray_source" in run.stdout and "qwen25_coder_05b__wikipedia_vital" in run.stdout
