@@ -1,6 +1,7 @@
 """Published beta_n rules against measured scales (``critscale.prescriptions``)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,20 @@ def test_operating_points_classify_rho_at_beta_one():
         *["source", "unit", "layer", "head", "layer_type", "window"],
         *["n", "median_lambda", "rho_at_beta1"],
     ]
+
+
+def test_the_prescriptions_rerun_on_their_own_settings_only():
+    import copy
+
+    import yaml
+
+    from critscale import config as study_config
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    before = study_config.prescription_settings(config)
+    changed = copy.deepcopy(config)
+    changed["fitting"]["bootstrap"] = 10
+    changed["fitting"]["coverage"]["replications"] = 5
+    assert study_config.prescription_settings(changed) == before == {"training_length": 2048, "extension_factors": [2, 4, 8]}
+    changed["fitting"]["training_length"] = 4096
+    assert study_config.prescription_settings(changed)["training_length"] == 4096

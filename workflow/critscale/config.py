@@ -231,6 +231,12 @@ def fit_settings(config: dict) -> dict:
     return {key: value for key, value in config["fitting"].items() if key in FIT_KEYS}
 
 
+def prescription_settings(config: dict) -> dict:
+    """The ``fitting`` keys the prescriptions read (the rule ``prescriptions``' params): a change
+    of the resampling or the coverage harness must not rerun them."""
+    return {key: config["fitting"][key] for key in ("training_length", "extension_factors")}
+
+
 def statistics_settings(config: dict) -> dict:
     """The ``compute`` section without ``scheduler`` (the rule ``statistics``' params): where the
     Dask stage runs never changes what it writes (tests/test_compute.py: the same store on every

@@ -17,7 +17,7 @@ rule prescriptions:
     conda:
         "../envs/critscale.yaml"
     params:
-        fitting=canonical(config["fitting"]),
+        prescription=canonical(study_config.prescription_settings(config)),
         code=code_hash("../scripts/prescriptions.py"),
     script:
         "../scripts/prescriptions.py"

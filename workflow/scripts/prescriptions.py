@@ -5,7 +5,7 @@ import pandas as pd
 from critscale import prescriptions, runlog, storage
 
 runlog.to_file(snakemake.log[0])
-settings = snakemake.params.fitting
+settings = snakemake.params.prescription
 stats = storage.open_store(snakemake.input.stats)
 fits = pd.read_csv(snakemake.input.fits)
 drift = prescriptions.rule_drift(stats, training_length=settings["training_length"])
