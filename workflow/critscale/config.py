@@ -15,6 +15,7 @@ import yaml
 
 from .families.spec import parse_spec
 from .gapstats import Grids, row_statistics
+from .model_sources import HUB_GGUF
 from .study import ConfigError, ladder, model_source_name  # re-exported: critscale.config.ladder etc.
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -130,10 +131,7 @@ def _validate_model_entry(name: str, spec: dict, extraction: dict) -> None:
     conversion needs a local path), and every query window must fit the shortest ``n``."""
     n_ladder = ladder(spec["ladder"], f"models.{name}.ladder")
     if "id" in spec and "gguf_file" in spec:
-        raise ConfigError(
-            f"config key models.{name}.gguf_file: a hub model (id + revision) cannot name a GGUF file; "
-            "allowed: gguf_file with a local path or package, or a hub id without gguf_file"
-        )
+        raise ConfigError(f"config key models.{name}.gguf_file: {HUB_GGUF}")
     queries = extraction.get("queries")
     if queries is not None and queries > n_ladder[0]:
         raise ConfigError(
@@ -304,12 +302,9 @@ def model_units(config: dict, model: str) -> int:
 
 def model_shape(spec: dict) -> tuple[int, int]:
     """Layers and attention heads of a model entry, from its config or GGUF header (no weights loaded)."""
-    from . import model_loading  # torch and transformers load only when models are used
+    from .model_sources import model_source
 
-    source = model_loading.resolve_model_source(spec)
-    if source["kind"] == "gguf_chunks":  # the first chunk holds the header
-        source = {"kind": "gguf", "path": source["chunks"][0]}
-    return _gguf_shape(source["path"]) if source["kind"] == "gguf" else _config_shape(source, spec)
+    return model_source(spec).shape()
 
 
 def _validate_layers_heads(config: dict, name: str) -> None:
@@ -323,22 +318,6 @@ def _validate_layers_heads(config: dict, name: str) -> None:
             raise ConfigError(
                 f"config key extraction.{key}: {beyond} not in models.{name}, which has {count} {key}; allowed: 0..{count - 1}"
             )
-
-
-def _gguf_shape(path: str) -> tuple[int, int]:
-    """Layers and attention heads from a GGUF header (nothing else of the file is read)."""
-    from . import model_loading
-
-    _, fields = model_loading.gguf_architecture_fields(path, ("block_count", "attention.head_count"))
-    return int(fields["block_count"]), int(fields["attention.head_count"])
-
-
-def _config_shape(source: dict, spec: dict) -> tuple[int, int]:
-    from . import model_loading
-
-    model_config = model_loading._load_config(source, spec)
-    model_config = getattr(model_config, "text_config", model_config)
-    return int(model_config.num_hidden_layers), int(model_config.num_attention_heads)
 
 
 def _model_stores(config: dict, per_row: int, units_of) -> list[StoreEstimate]:

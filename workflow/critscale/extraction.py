@@ -36,7 +36,8 @@ import numpy as np
 
 from .capture import capturing, check_positions, layer_modules, probe_layers, self_check
 from .study import model_source_name
-from .model_loading import ModelSpecError, attention_layout, load_model, max_positions, validate_model_spec
+from .model_loading import attention_layout, load_model, validate_model_spec
+from .model_sources import ModelSpecError, max_positions
 from .score_writer import RowChunkWriter, choose_row_chunk
 from .storage import create_scores_store, provenance
 

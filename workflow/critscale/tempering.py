@@ -33,7 +33,7 @@ import numpy as np
 
 from . import prescriptions
 from .capture import model_eager_attention, attention_implementation, layer_modules
-from .model_loading import max_positions
+from .model_sources import max_positions
 
 ATTN_PREFIX = "critscale_tempered_"
 BASES = ("sdpa", "eager")

