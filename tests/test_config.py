@@ -196,7 +196,7 @@ def test_default_models_have_their_layers_and_heads():
 
 
 def test_oversized_rows_stop_with_the_estimate_and_the_key(tmp_path):
-    config = tiny_config(tmp_path, rows=100_000_000)
+    config = study_config.validate(tiny_config(tmp_path, rows=100_000_000))  # the budget's default filled
     with pytest.raises(study_config.ConfigError, match=r"storage_budget_gb: the study's stores would take about 606 GB, beyond the budget of 100 GB; the largest is .*results/stats/gaussian\.zarr \(about 408 GB; lower rows, ladder\)"):
         study_config.check_storage(config)
 
@@ -210,7 +210,7 @@ def test_budget_is_configurable(tmp_path):
 
 
 def test_refuses_when_the_estimate_exceeds_the_free_disk(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path)
+    config = study_config.validate(tiny_config(tmp_path))
     total = sum(e.nbytes for e in study_config.estimate_stores(config))
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=total - 1))
@@ -280,7 +280,9 @@ def test_truncated_safetensors_names_the_file(tmp_path):
 def test_defaults_come_from_the_schema_and_fill_absent_keys():
     config = copy.deepcopy(DEFAULT)
     del config["extraction"], config["compute"]["memory_budget_mb"], config["fitting"]["extension_factors"]
+    config.pop("storage_budget_gb", None)
     study_config.validate(config)
+    assert config["storage_budget_gb"] == 100
     assert config["compute"]["memory_budget_mb"] == 64
     assert config["fitting"]["extension_factors"] == [2, 4, 8]
     assert config["extraction"] == {"sequences": 32, "queries": 4, "model_dtype": "float32", "device": "auto",
@@ -289,6 +291,20 @@ def test_defaults_come_from_the_schema_and_fill_absent_keys():
     given = copy.deepcopy(DEFAULT)
     given["extraction"]["queries"] = 2
     assert study_config.validate(given)["extraction"]["queries"] == 2  # a given value is kept
+
+
+def test_the_fit_defaults_have_one_home_that_the_schema_accepts():
+    """``critscale.fitting.DEFAULTS`` is the home of the fit's defaults (the library's keyword
+    defaults): the schema declares none of its own for those keys, and accepts every one."""
+    from critscale import fitting
+
+    schema = yaml.safe_load(study_config.SCHEMA_PATH.read_text())["properties"]["fitting"]["properties"]
+    as_config = {("bootstrap" if key == "n_boot" else key): value for key, value in fitting.DEFAULTS.items()}
+    assert set(as_config) == set(study_config.FIT_KEYS)
+    assert not [key for key in study_config.FIT_KEYS if "default" in schema[key] or "(default" in schema[key].get("description", "")]
+    config = copy.deepcopy(DEFAULT)
+    config["fitting"].update(as_config)
+    study_config.validate(config)
 
 
 def test_scripts_carry_no_defaults():

@@ -19,8 +19,6 @@ from .model_sources import HUB_GGUF
 from .study import ConfigError, ladder, model_source_name  # re-exported: critscale.config.ladder etc.
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-#: ``storage_budget_gb`` when the config does not set it: the most the stores of a study may take.
-DEFAULT_STORAGE_BUDGET_GB = 100
 #: Model score stores are float32 whatever the extraction dtype (critscale.extraction).
 MODEL_SCORE_BYTES = 4
 
@@ -370,7 +368,7 @@ def check_storage(config: dict, units_of=None) -> list[StoreEstimate]:
     if largest is None:
         return estimates
     hint = f"the largest is {config['results']}/{largest.path} (about {_gb(largest.nbytes)}; lower {', '.join(largest.keys)})"
-    budget = config.get("storage_budget_gb", DEFAULT_STORAGE_BUDGET_GB)
+    budget = config["storage_budget_gb"]
     if total > budget * 1e9:
         raise ConfigError(
             f"config key storage_budget_gb: the study's stores would take about {_gb(total)}, beyond the budget of "
