@@ -38,7 +38,6 @@ from numba import njit
 
 # A level of a chain stops once the sum of every term left is below this fraction of its sums.
 _TAIL = 2.0**-56
-_BIG = np.finfo(np.float64).max
 _NEAR = 1.0 - 2.0**-50  # a product this close below a bound may still be a new maximum
 # exp(x) = 2**n exp(r), x = n log 2 + r: Cody-Waite split of log 2 (n * _LN2_HI is exact) and the
 # Taylor series of exp(r) to degree 13 (truncation below 1e-17 for |r| <= log(2) / 2).
@@ -74,8 +73,8 @@ def _scalars(gaps, m, log_count, resolutions, resolved):
         for i in range(len(resolutions)):
             excess = log_count[k] - resolutions[i]
             if excess > resolved[i] * gaps[k] * _NEAR:
-                # 1 / D capped so that a subnormal gap times (log k - r) = 0 stays 0, never NaN
-                value = excess * min(1.0 / gaps[k], _BIG)
+                # excess > 0 here, so a gap whose reciprocal overflows gives inf (as the reference), never NaN
+                value = excess * (1.0 / gaps[k])
                 if value > resolved[i]:
                     resolved[i] = value
     log_ties = np.log(max(ties, 1))
