@@ -1,10 +1,13 @@
 """Exponent fits on statistics stores with known answers (``critscale.fitting``)."""
 
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from critscale import config as study_config
 from critscale.fitting import LAWS, fit_source, fits_to_dataset, headline, median_aggregates, settings_from_config
@@ -305,3 +308,16 @@ def test_the_fit_rule_takes_exactly_the_fitting_keys_the_fit_reads():
     assert sorted(map(str, settings_from_config(section).values())) == sorted(section.values())
     config = {"fitting": {**section, "training_length": 64, "extension_factors": [2], "coverage": {"replications": 1}}}
     assert study_config.fit_settings(config) == section
+
+
+def test_genres_and_coverage_rerun_on_the_settings_they_read_only():
+    # Both used to take the whole fitting section: a new training_length reran them for nothing.
+    config = study_config.validate(yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text()))
+    before = (study_config.fit_settings(config), study_config.coverage_settings(config))
+    changed = copy.deepcopy(config)
+    changed["fitting"].update(training_length=4096, extension_factors=[3])
+    changed["compute"]["scheduler"] = "synchronous"
+    assert (study_config.fit_settings(changed), study_config.coverage_settings(changed)) == before
+    changed["fitting"]["coverage"]["replications"] = 5
+    assert study_config.fit_settings(changed) == before[0] and study_config.coverage_settings(changed) != before[1]
+    assert before[1]["coverage"]["replications"] == 400 and before[1]["bootstrap"] == config["fitting"]["bootstrap"]

@@ -223,8 +223,15 @@ FIT_KEYS = ("bootstrap", "held_out", "level", "method", "min_units", "fdr", "fdr
 
 
 def fit_settings(config: dict) -> dict:
-    """The ``fitting`` keys of :data:`FIT_KEYS` that the config sets (the rule ``fit``'s params)."""
+    """The ``fitting`` keys of :data:`FIT_KEYS` that the config sets (the params of the rules
+    ``fit`` and ``genres``)."""
     return {key: value for key, value in config["fitting"].items() if key in FIT_KEYS}
+
+
+def coverage_settings(config: dict) -> dict:
+    """The fit settings and the ``fitting.coverage`` harness (the rule ``coverage``'s params): not
+    the prescriptions' ``training_length`` or ``extension_factors``."""
+    return {**fit_settings(config), "coverage": config["fitting"]["coverage"]}
 
 
 def prescription_settings(config: dict) -> dict:

@@ -176,11 +176,9 @@ def coverage_table(
 
 
 def coverage_from_config(fitting_config: dict, seed: int) -> pd.DataFrame:
-    """:func:`coverage_table` with the config's ``fitting`` section: its ``coverage`` settings
-    and the fit settings of the study."""
-    harness = dict(fitting_config.get("coverage", {}))
-    ladder = harness.pop("ladder", [64, 128, 256, 512, 1024, 2048])
-    unit_counts = harness.pop("unit_counts", [4, 8, 16, 32])
-    replications = harness.pop("replications", 400)
+    """:func:`coverage_table` with the validated config's ``fitting`` section (its ``coverage``
+    settings, defaults filled from the schema, and the fit settings of the study)."""
+    harness = dict(fitting_config["coverage"])
+    ladder, unit_counts, replications = harness.pop("ladder"), harness.pop("unit_counts"), harness.pop("replications")
     return coverage_table(ladder, unit_counts, replications, seed=seed, **harness,
                           **settings_from_config(fitting_config))

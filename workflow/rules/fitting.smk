@@ -47,7 +47,7 @@ rule coverage:
         "../envs/critscale.yaml"
     threads: 1
     params:
-        fitting=canonical(config["fitting"]),
+        fitting=canonical(study_config.coverage_settings(config)),
         seed=config["seed"],
         code=code_hash("../scripts/coverage_table.py"),
     script:

@@ -24,7 +24,7 @@ rule genres:
     params:
         code=code_hash("../scripts/genres.py"),
         groups=canonical(GENRE_GROUPS),
-        fitting=canonical(config["fitting"]),
+        fitting=canonical(study_config.fit_settings(config)),
         seed=config["seed"],
     script:
         "../scripts/genres.py"
