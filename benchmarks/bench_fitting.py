@@ -18,7 +18,7 @@ import numpy as np
 
 from critscale.coverage import stats_from_rows
 from critscale.fitting import fit_source
-from critscale.resampling import SortedRows, unit_multiplicities
+from critscale.resampling import SortedRows, sequence_multiplicities
 from machine import describe, summary_line
 
 LADDER = (64, 128, 256, 512, 1024, 2048)
@@ -60,7 +60,7 @@ def main() -> None:
     total = best_of(lambda: fit_source(stats, n_boot=args.resamples), args.repeats)
     values = np.stack([stats[name].values for name in ("accumulation_scale", "contact_exponent", "contact_gap")])
     rows = SortedRows(values, stats["sequence"].values)
-    draws = unit_multiplicities(args.windows, args.resamples, 0)
+    draws = sequence_multiplicities(args.windows, args.resamples, 0)
     medians = best_of(lambda: rows.medians(draws), args.repeats)
     print(f"fit_source: {total:.2f} s   resampled medians alone: {medians:.2f} s")
     if args.baseline:

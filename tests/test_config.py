@@ -35,6 +35,10 @@ def test_default_config_is_valid():
         (lambda c: c["compute"].update(scheduler="fast"), r"compute\.scheduler: 'fast' does not match"),
         (lambda c: c["grids"]["beta"].update(min=10, max=1), r"grids\.beta: min \(10\) must be below max \(1\)"),
         (lambda c: c["fitting"].pop("bootstrap"), r"fitting: 'bootstrap' is a required property"),
+        # the old names of sequence counts (a unit is a head) are refused with the new name
+        (lambda c: c["fitting"].update(min_units=4), r"config key fitting\.min_units was renamed: use fitting\.min_sequences"),
+        (lambda c: c["fitting"]["coverage"].update(unit_counts=[4]), r"fitting\.coverage\.unit_counts was renamed: use fitting\.coverage\.sequence_counts"),
+        (lambda c: c["fitting"]["coverage"].update(rows_per_unit=4), r"use fitting\.coverage\.rows_per_sequence"),
     ],
 )
 def test_config_errors_name_the_key(mutate, expected):

@@ -13,13 +13,13 @@ from critscale.intervals import wilson_interval
 DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 MODEL_LADDER = DEFAULT["models"]["smollm2_135m"]["ladder"]
 DEFAULT_UNITS = DEFAULT["extraction"]["sequences"]  # windows per model source in the default study
-ROWS_PER_UNIT = DEFAULT["extraction"]["queries"]  # its rows per window
+ROWS_PER_SEQUENCE = DEFAULT["extraction"]["queries"]  # its rows per window
 
 
 @pytest.fixture(scope="module")
 def default_coverage():
     return coverage.coverage_table(MODEL_LADDER, [DEFAULT_UNITS], replications=500, n_boot=300, seed=3,
-                                   rows_per_unit=ROWS_PER_UNIT)
+                                   rows_per_sequence=ROWS_PER_SEQUENCE)
 
 
 def test_coverage_at_the_default_unit_count_is_near_nominal(default_coverage):
@@ -42,7 +42,7 @@ def test_truths_are_the_finite_n_exponents(default_coverage):
 def test_percentile_intervals_undercover_with_few_units():
     # The reason for the default: at 4 units the percentile bootstrap covers well below 90%,
     # the Student-t interval does not.
-    settings = dict(replications=400, n_boot=300, seed=5, sources=["log_exact"], min_units=4)
+    settings = dict(replications=400, n_boot=300, seed=5, sources=["log_exact"], min_sequences=4)
     percentile = coverage.coverage_table(MODEL_LADDER, [4], method="percentile", **settings).iloc[0]
     student = coverage.coverage_table(MODEL_LADDER, [4], **settings).iloc[0]
     assert percentile.coverage_high < 0.9 <= student.coverage_high

@@ -206,12 +206,12 @@ def test_too_few_units_give_no_interval_and_no_claim(n_sequences):
     assert fits["law_point_winner"].notna().all()
 
 
-def test_min_units_is_configurable_and_checked():
+def test_min_sequences_is_configurable_and_checked():
     stats = log_law_stats([0.5], n_sequences=6, rows_per_sequence=2)
     assert fit_source(stats, n_boot=50).iloc[0].fit_status == "fitted"
-    assert fit_source(stats, n_boot=50, min_units=7).iloc[0].fit_status == "too_few_units"
+    assert fit_source(stats, n_boot=50, min_sequences=7).iloc[0].fit_status == "too_few_units"
     for bad, message in [
-        (dict(min_units=1), "min_units"), (dict(method="bca"), "method"), (dict(fdr=0.0), "fdr"),
+        (dict(min_sequences=1), "min_sequences"), (dict(method="bca"), "method"), (dict(fdr=0.0), "fdr"),
         (dict(fdr_method="holm"), "fdr_method"), (dict(law_share=1.5), "law_share"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -284,11 +284,11 @@ def test_local_and_global_layers_are_fitted_and_summarised_apart():
 def test_resampled_medians_do_not_depend_on_threads():
     import numba
 
-    from critscale.resampling import unit_multiplicities
+    from critscale.resampling import sequence_multiplicities
 
     stats = log_law_stats([0.5, 1.0, 1.5], n_sequences=16, rows_per_sequence=4, seed=3)
     values = stats["accumulation_scale"].values
-    rows, draws = SortedRows(values, stats["sequence"].values), unit_multiplicities(16, 64, 0)
+    rows, draws = SortedRows(values, stats["sequence"].values), sequence_multiplicities(16, 64, 0)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)

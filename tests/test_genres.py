@@ -214,7 +214,7 @@ def test_a_tiny_llama_reading_two_corpora_gets_the_comparison(tmp_path, tiny_lla
     both = [{"model": "tiny_llama", "corpora": ["shakespeare", "xarray_source"]}]
     two = config_with(tmp_path, "two.yaml", model, both)
     config = yaml.safe_load(two.read_text())
-    config["extraction"]["sequences"] = 4  # min_units: an interval needs 4 windows
+    config["extraction"]["sequences"] = 4  # min_sequences: an interval needs 4 windows
     two.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake("-n", config=two, results=results))
     assert jobs["genres"] == 1 and jobs["figures_genres"] == 1 and jobs["genres_report_table"] == 2, jobs

@@ -56,11 +56,32 @@ def fill_defaults(schema: dict, instance: dict) -> None:
             fill_defaults(spec, instance[key])
 
 
+#: Keys renamed so that a *sequence* (an independent window or family row, what the fit
+#: resamples) and a *unit* (a head: the stores' ``unit`` dimension) never share a name.
+RENAMED_KEYS = {
+    ("fitting", "min_units"): "fitting.min_sequences",
+    ("fitting", "coverage", "unit_counts"): "fitting.coverage.sequence_counts",
+    ("fitting", "coverage", "family_unit_counts"): "fitting.coverage.family_sequence_counts",
+    ("fitting", "coverage", "rows_per_unit"): "fitting.coverage.rows_per_sequence",
+}
+
+
+def _refuse_renamed_keys(config: dict) -> None:
+    for path, new in RENAMED_KEYS.items():
+        section = config
+        for key in path[:-1]:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and path[-1] in section:
+            raise ConfigError(f"config key {_key(path)} was renamed: use {new} (it counts independent "
+                              "sequences, not units, which are heads)")
+
+
 def validate(config: dict) -> dict:
     """Validate ``config`` against the JSON schema and the cross-field rules; return it.
 
     Raises :class:`ConfigError` naming the key and what is allowed.
     """
+    _refuse_renamed_keys(config)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -219,7 +240,7 @@ def scores_source(config: dict, source: str) -> str:
 #: The keys of the ``fitting`` section that change a fit: :func:`critscale.fitting.settings_from_config`
 #: reads exactly these (tests/test_fitting.py checks it).  The rule ``fit`` takes only these, so
 #: changing ``coverage``, ``training_length`` or ``extension_factors`` reruns no fit.
-FIT_KEYS = ("bootstrap", "held_out", "level", "method", "min_units", "fdr", "fdr_method", "law_share")
+FIT_KEYS = ("bootstrap", "held_out", "level", "method", "min_sequences", "fdr", "fdr_method", "law_share")
 
 
 def fit_settings(config: dict) -> dict:

@@ -3,20 +3,20 @@ truth is known.
 
 Sources (per-row ``Lambda`` simulated directly, no score rows, so the harness is cheap):
 
-* ``gaussian``, ``weibull3``: i.i.d. rows of the family (a row is a unit, as in the study).  Each
+* ``gaussian``, ``weibull3``: i.i.d. rows of the family (a row is a sequence, as in the study).  Each
   row's ``Lambda_n`` is drawn from a pool of exact simulated rows
   (:func:`critscale.families.predictions.predict_accumulation_scale`, the top-``K`` simulation of
   ``docs/theory.md``), independently per row and ``n``.  The truth is the finite-``n`` exponent:
   the OLS slope of the log *population* median (the pool's median, the population the draws come
   from) on ``log log n`` over the ladder.
-* ``log_exact``: ``Lambda = log n * exp(u_g + v_gn + e)`` with a per-unit factor ``u_g`` shared
-  by all rows and lengths of unit ``g``, a per-(unit, ``n``) factor ``v_gn`` and a per-row ``e``,
-  all centred normal, so the population median is exactly ``log n`` and ``xi = 1``.  Several rows
-  per unit share the factors, like the queries of one model window.
+* ``log_exact``: ``Lambda = log n * exp(u_g + v_gn + e)`` with a per-sequence factor ``u_g``
+  shared by all rows and lengths of sequence ``g``, a per-(sequence, ``n``) factor ``v_gn`` and a
+  per-row ``e``, all centred normal, so the population median is exactly ``log n`` and ``xi = 1``.
+  Several rows per sequence share the factors, like the queries of one model window.
 
-One fit of :func:`critscale.fitting.fit_source` covers all replications of a source and unit
+One fit of :func:`critscale.fitting.fit_source` covers all replications of a source and sequence
 count at once: the replications are the store's units (they share the resampling draws, each
-with its own data).
+with its own data).  The table's ``units`` column (its published name) is that sequence count.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from critscale.intervals import wilson_interval
 FAMILY_SOURCES = {"gaussian": ("gaussian", {"sigma": 1.0}), "weibull3": ("weibull", {"gamma": 3.0})}
 CONSTRUCTED_SOURCE = "log_exact"
 SOURCES = (*FAMILY_SOURCES, CONSTRUCTED_SOURCE)
-#: Log-scale standard deviations of the constructed source: per unit, per (unit, n), per row.
-CONSTRUCTED_NOISE = {"unit": 0.3, "unit_length": 0.15, "row": 0.5}
+#: Log-scale standard deviations of the constructed source: per sequence, per (sequence, n), per row.
+CONSTRUCTED_NOISE = {"sequence": 0.3, "sequence_length": 0.15, "row": 0.5}
 MC_CONFIDENCE = 0.95
 
 
@@ -99,31 +99,31 @@ def family_pool(family: str, params: dict, ladder, draws: int, seed: int) -> np.
     ])
 
 
-def _family_replications(pool, replications, units, rng) -> np.ndarray:
+def _family_replications(pool, replications, sequences, rng) -> np.ndarray:
     """``(replication, n, row)``: every row of every length drawn independently from the pool."""
-    picks = rng.integers(0, pool.shape[1], size=(replications, units, pool.shape[0]))
+    picks = rng.integers(0, pool.shape[1], size=(replications, sequences, pool.shape[0]))
     return np.transpose(np.take_along_axis(pool.T[None], picks, axis=1), (0, 2, 1))
 
 
-def _constructed_replications(ladder, replications, units, rows_per_unit, rng) -> np.ndarray:
+def _constructed_replications(ladder, replications, sequences, rows_per_sequence, rng) -> np.ndarray:
     """``(replication, n, unit x row)`` of the ``log_exact`` source."""
-    shape = (replications, len(ladder), units, rows_per_unit)
+    shape = (replications, len(ladder), sequences, rows_per_sequence)
     noise = (
-        rng.normal(0, CONSTRUCTED_NOISE["unit"], (replications, 1, units, 1))
-        + rng.normal(0, CONSTRUCTED_NOISE["unit_length"], (replications, len(ladder), units, 1))
+        rng.normal(0, CONSTRUCTED_NOISE["sequence"], (replications, 1, sequences, 1))
+        + rng.normal(0, CONSTRUCTED_NOISE["sequence_length"], (replications, len(ladder), sequences, 1))
         + rng.normal(0, CONSTRUCTED_NOISE["row"], shape)
     )
     log_n = np.log(np.asarray(ladder, dtype=np.float64))[None, :, None, None]
-    return (log_n * np.exp(noise)).reshape(replications, len(ladder), units * rows_per_unit)
+    return (log_n * np.exp(noise)).reshape(replications, len(ladder), sequences * rows_per_sequence)
 
 
-def _coverage_row(source, units, truth, fits, level) -> dict:
+def _coverage_row(source, sequences, truth, fits, level) -> dict:
     with_interval = fits[np.isfinite(fits["xi_low"]) & np.isfinite(fits["xi_high"])]
     covered = int(((with_interval["xi_low"] <= truth) & (truth <= with_interval["xi_high"])).sum())
     trials = len(with_interval)
     low, high = wilson_interval(covered, trials, MC_CONFIDENCE)
     return {
-        "source": source, "units": units, "nominal_level": level,
+        "source": source, "units": sequences, "nominal_level": level,  # published name
         "coverage": covered / trials if trials else np.nan, "coverage_low": low, "coverage_high": high,
         "replications": trials, "replications_without_interval": len(fits) - trials, "truth": truth,
         "median_width": float((with_interval["xi_high"] - with_interval["xi_low"]).median()),
@@ -133,26 +133,27 @@ def _coverage_row(source, units, truth, fits, level) -> dict:
 
 def coverage_table(
     ladder,
-    unit_counts,
+    sequence_counts,
     replications: int,
-    family_unit_counts=(),
-    rows_per_unit: int = 8,
+    family_sequence_counts=(),
+    rows_per_sequence: int = 8,
     pool_draws: int = 4001,
     seed: int = 0,
     sources=SOURCES,
     **fit_settings,
 ) -> pd.DataFrame:
     """Achieved coverage of the ``xi`` intervals per source and unit count (see the module
-    docstring); ``family_unit_counts`` are extra unit counts for the family sources only.
+    docstring); ``family_sequence_counts`` are extra sequence counts for the family sources only.
     ``fit_settings`` go to :func:`critscale.fitting.fit_source` (its ``level`` is the
-    nominal level).  Columns: ``source, units, nominal_level, coverage, coverage_low,
-    coverage_high`` (Wilson interval at 95% of the Monte-Carlo error), ``replications`` (those
+    nominal level).  Columns: ``source, units`` (the sequence count), ``nominal_level, coverage,
+    coverage_low, coverage_high`` (Wilson interval at 95% of the Monte-Carlo error), ``replications`` (those
     with an interval), ``replications_without_interval, truth, median_width, method``."""
     unknown = set(sources) - set(SOURCES)
     if unknown:
         raise ValueError(f"coverage sources must be among {SOURCES}, got {sorted(unknown)}")
-    if replications < 1 or rows_per_unit < 1 or pool_draws < 1 or min([*unit_counts, *family_unit_counts], default=0) < 1:
-        raise ValueError("coverage replications, rows_per_unit, pool_draws and unit counts must be >= 1")
+    counts = [*sequence_counts, *family_sequence_counts]
+    if replications < 1 or rows_per_sequence < 1 or pool_draws < 1 or min(counts, default=0) < 1:
+        raise ValueError("coverage replications, rows_per_sequence, pool_draws and sequence counts must be >= 1")
     level = fit_settings.get("level", 0.9)
     rows = []
     for source_index, source in enumerate(sources):
@@ -162,16 +163,17 @@ def coverage_table(
             truth = _loglog_slope(ladder, np.median(pool, axis=1))
         else:
             truth = 1.0
-        for units in [*unit_counts, *(family_unit_counts if source in FAMILY_SOURCES else ())]:
-            rng = np.random.default_rng(np.random.SeedSequence([seed, source_index, int(units)]))
+        for sequences in [*sequence_counts, *(family_sequence_counts if source in FAMILY_SOURCES else ())]:
+            rng = np.random.default_rng(np.random.SeedSequence([seed, source_index, int(sequences)]))
             if source in FAMILY_SOURCES:
-                values, per_unit = _family_replications(pool, replications, units, rng), 1
+                values, per_sequence = _family_replications(pool, replications, sequences, rng), 1
             else:
-                values = _constructed_replications(ladder, replications, units, rows_per_unit, rng)
-                per_unit = rows_per_unit
-            stats = stats_from_rows(values, ladder, sequence=np.repeat(np.arange(units), per_unit), source=source)
+                values = _constructed_replications(ladder, replications, sequences, rows_per_sequence, rng)
+                per_sequence = rows_per_sequence
+            sequence = np.repeat(np.arange(sequences), per_sequence)
+            stats = stats_from_rows(values, ladder, sequence=sequence, source=source)
             fits = fit_source(stats, seed=int(rng.integers(2**31)), **fit_settings)
-            rows.append(_coverage_row(source, units, truth, fits, level))
+            rows.append(_coverage_row(source, sequences, truth, fits, level))
     return pd.DataFrame(rows)
 
 
@@ -179,6 +181,6 @@ def coverage_from_config(fitting_config: dict, seed: int) -> pd.DataFrame:
     """:func:`coverage_table` with the validated config's ``fitting`` section (its ``coverage``
     settings, defaults filled from the schema, and the fit settings of the study)."""
     harness = dict(fitting_config["coverage"])
-    ladder, unit_counts, replications = harness.pop("ladder"), harness.pop("unit_counts"), harness.pop("replications")
-    return coverage_table(ladder, unit_counts, replications, seed=seed, **harness,
+    ladder, counts, replications = harness.pop("ladder"), harness.pop("sequence_counts"), harness.pop("replications")
+    return coverage_table(ladder, counts, replications, seed=seed, **harness,
                           **settings_from_config(fitting_config))

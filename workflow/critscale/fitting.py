@@ -1,5 +1,5 @@
-"""Exponent laws per unit: ``xi`` with intervals from resampling independent units, its
-decomposition, per-unit p-values with false-discovery control, and the law comparison.
+"""Exponent laws per unit (a head, or a family's one unit): ``xi`` with intervals from
+resampling independent sequences, its decomposition, per-unit p-values with false-discovery control, and the law comparison.
 
 Input is a statistics store (``unit, n, row`` per-row quantities, see ``docs/theory.md``);
 output is one tidy row per unit (:func:`fit_source`).
@@ -20,16 +20,16 @@ Conventions chosen where the theory is silent (also in the README):
   OLS is linear, so ``xi_alpha - xi_D + 1`` equals ``xi`` exactly when the row medians compose
   (``median Lambda = median alpha * log n / median D``, e.g. deterministic ``alpha`` and ``D``);
   otherwise the difference is reported as ``decomposition_residual``.
-* **Uncertainty.** The independent units (the ``sequence`` coordinate: windows of a model
-  source, rows of a family) are resampled with replacement; all rows of a drawn unit, at every
+* **Uncertainty.** The independent sequences (the ``sequence`` coordinate: windows of a model
+  source, rows of a family) are resampled with replacement; all rows of a drawn sequence, at every
   ``n``, enter with its multiplicity, and the medians and slopes are recomputed
   (:mod:`critscale.resampling`).  The interval method (:mod:`critscale.intervals`, default
-  ``student_t``: resampling standard error with Student-``t`` quantiles on ``units - 1``
+  ``student_t``: resampling standard error with Student-``t`` quantiles on ``sequences - 1``
   degrees of freedom) gives the interval and the p-value of ``H0: xi = 1``.  With fewer than
-  ``min_units`` units there is no interval (``fit_status = too_few_units``; the point ``xi`` is
-  still reported).  A replicate whose medians are not all finite and positive gives no slope;
+  ``min_sequences`` sequences there is no interval (``fit_status = too_few_units``, the label of
+  the published tables; the point ``xi`` is still reported).  A replicate whose medians are not all finite and positive gives no slope;
   the interval is NaN when fewer than ``level`` of the replicates have one
-  (``boot_valid_fraction``).  A zero-width interval (no variation between units) never
+  (``boot_valid_fraction``).  A zero-width interval (no variation between sequences) never
   "excludes 1" and has no p-value.
 * **Many units.** ``excludes_one`` is the raw, per-unit statement.  The controlled one is
   ``discovery``: Benjamini-Yekutieli (or -Hochberg) over the units of the source with a p-value,
@@ -53,7 +53,7 @@ import xarray as xr
 
 from critscale import intervals, laws
 from critscale.laws import LAWS
-from critscale.resampling import SortedRows, unit_multiplicities
+from critscale.resampling import SortedRows, sequence_multiplicities
 from critscale.storage import provenance
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ MIN_FIT_LENGTHS = 3
 #: Units with a point fit; those with an interval are ``fitted``.
 POINT_FIT_STATUSES = ("fitted", "too_few_units")
 DEFAULTS = {
-    "held_out": 3, "n_boot": 1000, "level": 0.9, "method": "student_t", "min_units": 4,
+    "held_out": 3, "n_boot": 1000, "level": 0.9, "method": "student_t", "min_sequences": 4,
     "fdr": 0.05, "fdr_method": "by", "law_share": 0.8,
 }
 
@@ -124,8 +124,8 @@ def median_aggregates(stats: xr.Dataset) -> xr.Dataset:
     """Per ``(unit, n)`` medians over rows of ``Lambda``, ``alpha``, ``D_Lambda`` and the tied
     fraction of rows, on the ladder ``n >= 2``.  Unit coordinates (``layer``, ``head``) and the
     store's attributes are kept."""
-    values, ladder, unit_codes = _row_variables(stats)
-    medians = SortedRows(values, unit_codes).medians(np.ones(int(unit_codes.max()) + 1, dtype=np.int64))
+    values, ladder, sequence_codes = _row_variables(stats)
+    medians = SortedRows(values, sequence_codes).medians(np.ones(int(sequence_codes.max()) + 1, dtype=np.int64))
     tied_fraction = _tied_rows(stats).mean(axis=-1)
     unit_coords = {
         name: ("unit", stats[name].values)
@@ -177,10 +177,12 @@ def settings_from_config(fitting_config: dict) -> dict:
     return {argument: fitting_config.get(key, DEFAULTS[argument]) for key, argument in names.items()}
 
 
-def _fit_status(median_lambda: np.ndarray, n_units: int, min_units: int) -> np.ndarray:
+def _fit_status(median_lambda: np.ndarray, n_sequences: int, min_sequences: int) -> np.ndarray:
     """Why a unit is or is not fitted, from its ``(unit, n)`` median ``Lambda`` and the number
-    of independent units of the store."""
-    status = np.full(median_lambda.shape[0], "fitted" if n_units >= min_units else "too_few_units", dtype=object)
+    of independent sequences of the store."""
+    # `too_few_units` is the published label (tables stay as they were); it counts sequences.
+    enough = n_sequences >= min_sequences
+    status = np.full(median_lambda.shape[0], "fitted" if enough else "too_few_units", dtype=object)
     degenerate = ~np.all(np.isfinite(median_lambda) & (median_lambda > 0), axis=-1)
     status[degenerate] = "degenerate"
     status[np.any(np.isposinf(median_lambda), axis=-1)] = "tied"
@@ -189,13 +191,13 @@ def _fit_status(median_lambda: np.ndarray, n_units: int, min_units: int) -> np.n
     return status
 
 
-def _check_settings(held_out, n_boot, level, method, min_units, fdr, fdr_method, law_share) -> None:
+def _check_settings(held_out, n_boot, level, method, min_sequences, fdr, fdr_method, law_share) -> None:
     if not 0 < level < 1:
         raise ValueError(f"fitting level must be in (0, 1), got {level}")
     if held_out < 1 or n_boot < 2:
         raise ValueError(f"fitting held_out must be >= 1 and bootstrap >= 2, got {held_out} and {n_boot}")
-    if min_units < 2:
-        raise ValueError(f"fitting min_units must be >= 2 (one unit has no spread), got {min_units}")
+    if min_sequences < 2:
+        raise ValueError(f"fitting min_sequences must be >= 2 (one sequence has no spread), got {min_sequences}")
     if not 0 < law_share <= 1:
         raise ValueError(f"fitting law_share must be in (0, 1], got {law_share}")
     intervals.check_method(method)
@@ -204,11 +206,11 @@ def _check_settings(held_out, n_boot, level, method, min_units, fdr, fdr_method,
 
 def _law_columns(log_n, point_logs, replicate_logs, held_out, tie_tolerance, law_share) -> dict:
     """Point errors and winner, per-replicate winner frequencies and the headline law."""
-    n_units = point_logs.shape[0]
+    n_heads = point_logs.shape[0]
     if not laws.can_score(len(log_n), held_out):
-        nothing = np.full(n_units, np.nan, dtype=object)
-        return {"errors": np.full((n_units, len(LAWS)), np.nan), "point_winner": nothing,
-                "frequencies": np.full((n_units, len(LAWS)), np.nan), "winner": nothing}
+        nothing = np.full(n_heads, np.nan, dtype=object)
+        return {"errors": np.full((n_heads, len(LAWS)), np.nan), "point_winner": nothing,
+                "frequencies": np.full((n_heads, len(LAWS)), np.nan), "winner": nothing}
     errors = laws.extrapolation_errors(log_n, point_logs, held_out)
     replicate_winners = laws.winner_index(laws.extrapolation_errors(log_n, replicate_logs, held_out), tie_tolerance)
     frequencies = laws.winner_frequencies(replicate_winners)
@@ -228,7 +230,7 @@ def fit_source(
     seed: int = 0,
     tie_tolerance: float = 1e-10,
     method: str = DEFAULTS["method"],
-    min_units: int = DEFAULTS["min_units"],
+    min_sequences: int = DEFAULTS["min_sequences"],
     fdr: float = DEFAULTS["fdr"],
     fdr_method: str = DEFAULTS["fdr_method"],
     law_share: float = DEFAULTS["law_share"],
@@ -247,22 +249,22 @@ def fit_source(
     ``median Lambda_n = c (log n)^xi``.  ``df.attrs["provenance"]`` records the settings and
     the store's provenance.
     """
-    _check_settings(held_out, n_boot, level, method, min_units, fdr, fdr_method, law_share)
-    values, ladder, unit_codes = _row_variables(stats)
+    _check_settings(held_out, n_boot, level, method, min_sequences, fdr, fdr_method, law_share)
+    values, ladder, sequence_codes = _row_variables(stats)
     if len(ladder) == 0:
         raise ValueError("the store has no context length n >= 2 to fit")
-    n_units = int(unit_codes.max()) + 1
+    n_sequences = int(sequence_codes.max()) + 1
     log_n = np.log(ladder.astype(np.float64))
-    rows = SortedRows(values, unit_codes)
-    medians = rows.medians(np.ones(n_units, dtype=np.int64))  # (variable, unit, n)
-    status = _fit_status(medians[0], n_units, min_units)
+    rows = SortedRows(values, sequence_codes)
+    medians = rows.medians(np.ones(n_sequences, dtype=np.int64))  # (variable, unit, n)
+    status = _fit_status(medians[0], n_sequences, min_sequences)
     has_point, resampled = np.isin(status, POINT_FIT_STATUSES), status == "fitted"
     point_logs = np.where(has_point[None, :, None], _positive_logs(medians), np.nan)
-    # Every replicate draws the units once, for all variables, units and laws alike.
-    replicate_medians = rows.medians(unit_multiplicities(n_units, n_boot, seed))  # (B, variable, unit, n)
+    # Every replicate draws the sequences once, for all variables, units and laws alike.
+    replicate_medians = rows.medians(sequence_multiplicities(n_sequences, n_boot, seed))  # (B, variable, unit, n)
     replicate_logs = np.where(resampled[None, None, :, None], _positive_logs(replicate_medians), np.nan)
 
-    point, bounds = _exponent_fits(log_n, point_logs, replicate_logs, n_units, level, method)
+    point, bounds = _exponent_fits(log_n, point_logs, replicate_logs, n_sequences, level, method)
     law = _law_columns(log_n, point_logs[0], replicate_logs[:, 0], held_out, tie_tolerance, law_share)
     law["winner"] = np.where(resampled, law["winner"], np.nan)
     excludes_one, discovery, p_adjusted = _xi_one_decisions(bounds["xi"], fdr, fdr_method)
@@ -272,7 +274,7 @@ def fit_source(
     table.insert(0, "source", stats.attrs.get("source", ""))
     columns = {
         "fit_status": status, "n_min": int(ladder[0]), "n_max": int(ladder[-1]), "n_lengths": len(ladder),
-        "n_sequences": n_units, "tied_fraction": _tied_rows(stats).mean(axis=(1, 2)),
+        "n_sequences": n_sequences, "tied_fraction": _tied_rows(stats).mean(axis=(1, 2)),
         **_exponent_columns(point, bounds, p_adjusted, resampled),
         **_law_table_columns(law, resampled),
         "excludes_one": excludes_one, "discovery": discovery,
@@ -283,7 +285,7 @@ def fit_source(
         table[name] = column
     settings = {
         "held_out": held_out, "n_boot": n_boot, "level": level, "seed": seed,
-        "tie_tolerance": tie_tolerance, "method": method, "min_units": min_units, "fdr": fdr,
+        "tie_tolerance": tie_tolerance, "method": method, "min_sequences": min_sequences, "fdr": fdr,
         "fdr_method": fdr_method, "law_share": law_share,
         "aggregate": "median over rows", "resample": "sequence",
     }
@@ -305,7 +307,7 @@ EXPONENTS = {
 }
 
 
-def _exponent_fits(log_n, point_logs, replicate_logs, n_units, level, method) -> tuple[dict, dict]:
+def _exponent_fits(log_n, point_logs, replicate_logs, n_sequences, level, method) -> tuple[dict, dict]:
     """Per exponent of :data:`EXPONENTS`: the point fit ``(unit, [slope, intercept, se])`` and the
     resampling interval from the replicates' slopes."""
     abscissa = {"log_n": log_n, "log_log_n": np.log(log_n)}
@@ -314,7 +316,7 @@ def _exponent_fits(log_n, point_logs, replicate_logs, n_units, level, method) ->
     replicate_slopes = {name: _ols_slopes(abscissa[axis], replicate_logs[:, variable])
                         for name, (variable, axis) in EXPONENTS.items()}
     bounds = {
-        name: intervals.resampling_interval(point[name][:, 0], replicate_slopes[name], n_units, level, method)
+        name: intervals.resampling_interval(point[name][:, 0], replicate_slopes[name], n_sequences, level, method)
         for name in point
     }
     return point, bounds
@@ -365,7 +367,7 @@ def _law_table_columns(law: dict, resampled) -> dict:
 #: What each fit column means (written into the dataset's variable attributes).
 COLUMN_DESCRIPTIONS = {
     "fit_status": "fitted, or why not: tied (median Lambda inf at some n), degenerate, too_few_lengths, "
-                  "too_few_units (point xi only: fewer independent units than min_units, no interval)",
+                  "too_few_units (point xi only: fewer independent sequences than min_sequences, no interval)",
     "tied_fraction": "fraction of rows (all n) with a tie at the maximum",
     "xi": "OLS slope of log median Lambda_n on log log n",
     "xi_se": "OLS standard error of xi (rows treated as exact medians; see xi_low/xi_high)",
@@ -375,7 +377,7 @@ COLUMN_DESCRIPTIONS = {
     "xi_decomposed": "xi_alpha - xi_D + 1",
     "decomposition_residual": "xi - xi_decomposed (medians need not compose)",
     "power_exponent": "OLS slope of log median Lambda_n on log n",
-    "xi_resampling_se": "standard error of xi from resampling units (x sqrt(G/(G-1)))",
+    "xi_resampling_se": "standard error of xi from resampling sequences (x sqrt(G/(G-1)))",
     "p_value_xi_one": "p-value of H0: xi = 1 from the interval method",
     "p_adjusted_xi_one": "p_value_xi_one adjusted for the false-discovery rate over the source's units",
     "boot_valid_fraction": "fraction of bootstrap replicates with finite positive medians",

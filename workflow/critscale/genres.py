@@ -84,7 +84,7 @@ def sources(plan: list[dict]) -> list[str]:
 class CorpusFit:
     """One source's fitted heads: ``table`` (one row per unit: labels, ``xi``, its interval,
     ``se`` and ``fit_status``), ``replicates`` ``(B, unit)`` of ``xi`` in the table's row order
-    (NaN for units without an interval) and ``windows`` (independent units ``G``)."""
+    (NaN for units without an interval) and ``windows`` (independent sequences ``G``)."""
 
     table: pd.DataFrame
     replicates: np.ndarray
@@ -95,14 +95,14 @@ def xi_replicates(stats, n_boot: int, seed: int) -> tuple[list[str], np.ndarray,
     """``(units, replicates (B, unit), G)``: the slopes of ``xi`` on every resample of the store's
     windows, drawn as :func:`critscale.fitting.fit_source` draws them (same seed, same draws)."""
     from critscale import fitting  # statsmodels: seconds per import, so never at parse time
-    from critscale.resampling import SortedRows, unit_multiplicities
+    from critscale.resampling import SortedRows, sequence_multiplicities
 
-    values, ladder, unit_codes = fitting._row_variables(stats)
-    n_units = int(unit_codes.max()) + 1
-    medians = SortedRows(values[:1], unit_codes).medians(unit_multiplicities(n_units, n_boot, seed))
+    values, ladder, sequence_codes = fitting._row_variables(stats)
+    n_sequences = int(sequence_codes.max()) + 1
+    medians = SortedRows(values[:1], sequence_codes).medians(sequence_multiplicities(n_sequences, n_boot, seed))
     log_log_n = np.log(np.log(ladder.astype(np.float64)))
     slopes = fitting._ols_slopes(log_log_n, fitting._positive_logs(medians[:, 0]))
-    return [str(unit) for unit in stats["unit"].values], slopes, n_units
+    return [str(unit) for unit in stats["unit"].values], slopes, n_sequences
 
 
 def corpus_fit(fits: pd.DataFrame, stats, n_boot: int, seed: int, level: float) -> CorpusFit:
@@ -158,7 +158,7 @@ def welch(estimate, var_a, var_b, df_a, df_b, level: float) -> dict[str, np.ndar
 
 
 def _inflation(windows: int) -> float:
-    """``G / (G - 1)``: the bootstrap variance of a mean of ``G`` units is ``(G - 1) / G`` of the
+    """``G / (G - 1)``: the bootstrap variance of a mean of ``G`` sequences is ``(G - 1) / G`` of the
     unbiased one (as in :func:`critscale.intervals.resampling_interval`)."""
     return windows / max(windows - 1, 1)
 
