@@ -319,3 +319,21 @@ def test_scripts_carry_no_defaults():
     literal_default = re.compile(r"\.get\(\s*['\"]\w+['\"]\s*,\s*(?:['\"\[{(\d-]|True|False)")
     for script in sorted((ROOT / "workflow" / "scripts").glob("*.py")):
         assert not literal_default.search(script.read_text()), script.name
+
+
+def test_the_schema_and_the_family_registry_declare_the_same_parameters():
+    """Each family's parameters are declared by its class (critscale.families.catalog); the
+    schema's entry for it must name the same parameters and require the same ones."""
+    from critscale.families.base import REQUIRED
+    from critscale.families.catalog import FAMILIES
+
+    family = yaml.safe_load(study_config.SCHEMA_PATH.read_text())["definitions"]["family"]
+    assert family["properties"]["family"]["enum"] == list(FAMILIES)
+    blocks = {block["if"]["properties"]["family"]["const"]: block["then"] for block in family["allOf"]}
+    assert set(blocks) == set(FAMILIES)
+    for name, cls in FAMILIES.items():
+        params = blocks[name]["properties"]["params"]
+        required = {key for key, (default, _, _) in cls.parameters.items() if default is REQUIRED}
+        assert set(params["properties"]) == set(cls.parameters), name
+        assert set(params.get("required", [])) == required, name
+        assert ("params" in blocks[name].get("required", [])) == bool(required), name

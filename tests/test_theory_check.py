@@ -329,3 +329,42 @@ def test_violations_do_not_depend_on_the_unit_blocks(clean_stats):
     whole = theory_check.theorem_violations(corrupted, block_elements=10**9)
     assert set(one_unit_blocks.unit) == {"u0", "u2"}
     pd.testing.assert_frame_equal(one_unit_blocks, whole)
+
+
+def test_a_new_family_is_generated_predicted_and_checked_from_its_class_alone(family_stats, small_grids, monkeypatch):
+    """Adding a family touches its class (registered in the catalog), its schema entry and its
+    tests: generation, the finite-n prediction and the theory check ask the class, no module
+    branches on which family it is."""
+    import math
+
+    from critscale.families import catalog
+    from critscale.families.base import ScoreFamily, positive, rounded_to
+
+    class Offset(ScoreFamily):
+        """One score ``gap`` above ``n - 1`` zeros: ``Lambda = log n / gap`` exactly."""
+
+        name = "offset"
+        parameters = {"gap": (1.0, positive, "a finite number > 0")}
+        asymptotic_xi = 1.0
+
+        def sample(self, n, rng):
+            row = np.zeros(n)
+            row[0] = self.params["gap"]
+            return row
+
+        def asymptotic_accumulation_scale(self, n):
+            return np.log(np.asarray(n, dtype=np.float64)) / self.params["gap"]
+
+        def exact_accumulation_scale(self, n, dtype):
+            return math.log(n) / float(rounded_to(dtype)(self.params["gap"]))
+
+        def predicted_exactly(self, sampling):
+            return True
+
+    monkeypatch.setitem(catalog.FAMILIES, "offset", Offset)
+    stats = family_stats("src", {"family": "offset", "params": {"gap": 0.25}}, [64, 256, 1024], 50, small_grids)
+    result = theory_check.compare_with_theory(stats)
+    exact = result[result.check == "every_row_exact"]
+    assert len(exact) == 3 and exact.passed.all(), exact.to_dict("records")
+    np.testing.assert_allclose(stats["accumulation_scale"].sel(n=1024).values, math.log(1024) / 0.25, rtol=1e-6)
+    assert theory_check.theorem_violations(stats).empty
