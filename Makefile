@@ -25,8 +25,8 @@ $(STAMP): $(LOCK) pyproject.toml $(NO_DEPS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 ifeq ($(INSTALLER),uv)
 	$(BIN)/python -m pip install --quiet $(UV_PIN)
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . -r $(NO_DEPS)
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --no-deps -e . -r $(NO_DEPS)
 else
 	$(BIN)/python -m pip install --quiet --require-hashes --find-links $(TORCH_WHEELS) -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e . -r $(NO_DEPS)
