@@ -102,7 +102,7 @@ def test_no_deps_packages_stay_out_of_the_lock_and_are_documented():
 def test_make_installs_the_lock():
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK := requirements.lock" in makefile
-    assert "uv pip sync --quiet --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)" in makefile
+    assert "uv pip sync --quiet --compile-bytecode --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)" in makefile
     assert "pip install --quiet --require-hashes --find-links $(TORCH_WHEELS) -r $(LOCK)" in makefile
     assert "uv" in lock_pins()  # make bootstraps the uv version that the lock pins
 

@@ -147,10 +147,11 @@ def test_hypothesis_rows_match_reference(row):
     assert_matches_reference(row[None])
 
 
-@pytest.mark.parametrize("row", [[5e-324, 0.0], [1e-310, 0.0, -1.0]])
+@pytest.mark.parametrize("row", [[5e-324, 0.0], [1e-310, 0.0, -1.0], [2.22507386e-311, 0.0, 0.0]])
 def test_gaps_whose_reciprocal_overflows_give_infinite_scales_as_the_reference(row):
     # found by Hypothesis: the kernel capped 1 / D at the largest float64 (resolved scale 1.2e308
-    # where the reference has inf)
+    # where the reference has inf); then, with two keys at one subnormal gap, it took the first
+    # of them as the contact (alpha = log 2 / log 3 where the reference has 1)
     assert_matches_reference(np.array([row]))
 
 

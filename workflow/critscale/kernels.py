@@ -65,7 +65,9 @@ def _scalars(gaps, m, log_count, resolutions, resolved):
     resolved[:] = 0.0
     for k in range(ties, m):  # positive gaps only
         # Divide only where a maximum can move: the products are within 2 ulp of the ratios.
-        if log_count[k] >= scale * gaps[k] * _NEAR:
+        # Once a subnormal gap has made the scale inf, inf * gap hides the later gaps whose ratio
+        # is inf too; the contact is the largest of them (as the reference), so divide there.
+        if scale == np.inf or log_count[k] >= scale * gaps[k] * _NEAR:
             ratio = log_count[k] / gaps[k]
             if ratio >= scale:  # >=: the sup is attained at the largest gap achieving it
                 scale = ratio
