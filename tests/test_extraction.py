@@ -110,6 +110,65 @@ def test_self_check_catches_inexact_capture(tmp_path, tokenizer, hamlet, monkeyp
         ex.extract_to_store({}, {}, tmp_path / "s.zarr", [16, 32], 1, loaded=(model, tokenizer, {}), texts=hamlet, log=None)
 
 
+def test_capture_forward_keeps_copies_of_the_checked_rows_only(tmp_path):
+    """The self-check needs one row per checked position; the rest go to the store and are freed."""
+    from critscale.score_writer import RowChunkWriter
+    from critscale.storage import create_scores_store
+
+    model = tiny_model("llama")
+    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    ladder, queries = [16, 32], 2
+    positions = [n - 1 - q for n in ladder for q in range(queries)]
+    create_scores_store(tmp_path / "s.zarr", units=[f"u{i}" for i in range(n_layers * n_heads)], n_ladder=ladder,
+                        sequence=np.zeros(queries, dtype=np.int64), row_chunk=queries)
+    ids = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    layer_units = {layer: layer * n_heads for layer in range(n_layers)}
+    with RowChunkWriter(tmp_path / "s.zarr") as writer, torch.inference_mode():
+        kept = ex.capture_forward(model, writer, ids, positions, [0, 1], row0=0, queries=queries,
+                                  layer_units=layer_units, keep=[15, 31])
+    assert sorted(kept) == list(range(n_layers))
+    scores = open_store(tmp_path / "s.zarr").scores.values
+    for layer, rows in kept.items():
+        assert rows.shape == (1, n_heads, 2, 32) and rows._base is None  # a copy, not a view of every row
+        units = slice(layer * n_heads, (layer + 1) * n_heads)
+        np.testing.assert_array_equal(rows[0, :, 0, :16].numpy(), scores[units, 0, 0, :16])  # n = 16, query 0
+        np.testing.assert_array_equal(rows[0, :, 1].numpy(), scores[units, 1, 0, :32])  # n = 32, query 0
+
+
+_MAPPED_AFTER_A_FREE = """
+import ctypes, ctypes.util, sys
+import numpy as np
+from critscale.extraction import fixed_mmap_threshold
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = Mallinfo2
+if sys.argv[1] == "fixed":
+    assert fixed_mmap_threshold()
+freed = np.ones(2**21)
+del freed  # a freed 16 MiB mapping: glibc's sliding threshold moves up to 16 MiB
+before = libc.mallinfo2().hblkhd
+array = np.ones(2**20)  # 8 MiB
+print((libc.mallinfo2().hblkhd - before) / 2**20)
+"""
+
+
+@pytest.mark.parametrize("threshold, mapped", [("fixed", 8), ("sliding", 0)])
+def test_large_arrays_keep_pages_of_their_own_under_the_fixed_threshold(threshold, mapped):
+    """After a large free, glibc serves the next large arrays from the heap, which grew the
+    extraction's peak by 0.8 GB; with the fixed threshold they stay mapped (issue 16)."""
+    import subprocess
+    import sys
+
+    if not ex.fixed_mmap_threshold():
+        pytest.skip("not glibc: no mallopt, the C library's own policy applies")
+    run = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_A_FREE, threshold], capture_output=True, text=True, check=True)
+    assert float(run.stdout) == pytest.approx(mapped, abs=0.01)
+
+
 def test_sliding_window_rows_beyond_the_window_have_fewer_keys(tmp_path, tokenizer, hamlet):
     model = tiny_model("gemma3_text")
     windows = cap.probe_layers(model)
