@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.callbacks import Callback
+from dask.base import tokenize
 from dask.utils import key_split
 
 from . import storage
@@ -35,6 +36,10 @@ DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of 
 _BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
 _WRITE_ELEMENTS = 2**21  # packed values per Zarr chunk of the statistics store (16 MiB)
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log
+#: Name of the block tasks.  Graph optimisation fuses them with the read before them
+#: (``getitem-statsblock-xarray-...``), so it is looked for as a part of the key's prefix; it is
+#: one alphabetic word because ``key_split`` ends a prefix at the first word that is not.
+_BLOCK_PREFIX = "statsblock"
 
 
 def _pack_block(block: np.ndarray, grids: Grids, memory_budget: int, exclude_first_keys: int) -> np.ndarray:
@@ -90,21 +95,24 @@ def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget
                  exclude_first_keys: int) -> da.Array:
     """Lazy ``(unit, n, row, feature)`` packed statistics of every row, in blocks of whole rows of
     one length, chunked for the store."""
-    values = scores["scores"].data
-    units, _, rows, longest = values.shape
+    units, _, rows, longest = scores["scores"].shape
     row_chunk = max(1, min(int(row_chunk), rows))
     # Many units per block when rows are few (model stores: layers x heads): the per-beta work of
     # a block is vectorised over all its rows, so tiny blocks would pay Python overhead per block.
     unit_chunk = int(np.clip(_BLOCK_ELEMENTS // (row_chunk * longest), 1, units))
+    # One read per block (a store opened without Dask is chunked here): Zarr then decodes the
+    # block's chunks together, at about half the cost per chunk of one task and one call each.
+    values = scores["scores"].chunk({"unit": unit_chunk, "n": 1, "row": row_chunk, "key": -1}).data
     per_n = []
     for i, n in enumerate(scores["n"].values):
-        block = values[:, i, :, : int(n)].rechunk((unit_chunk, row_chunk, int(n)))
+        block = values[:, i, :, : int(n)]
         per_n.append(
             block.map_blocks(
                 _pack_block,
                 grids,
                 memory_budget,
                 exclude_first_keys,
+                name=f"{_BLOCK_PREFIX}-{tokenize(block, grids, memory_budget, exclude_first_keys)}",
                 dtype=np.float64,
                 chunks=(block.chunks[0], block.chunks[1], (grids.width,)),
                 meta=np.empty((0, 0, 0)),
@@ -209,11 +217,6 @@ def dask_scheduler(spec: str, workers: int):
         )
 
 
-#: Name of the block tasks as dask and distributed split keys; graph optimisation may fuse it
-#: with the tasks around it (``pack_block-rechunk-merge-...``), so it is looked for as a part.
-_BLOCK_PREFIX = key_split(_pack_block.__name__)
-
-
 def _is_block(prefix: str) -> bool:
     return _BLOCK_PREFIX in prefix.split("-")
 
@@ -311,7 +314,7 @@ def compute_statistics_store(
     config: dict | None = None,
 ) -> None:
     """Read a score store, compute its statistics with Dask, write the statistics store."""
-    scores = storage.open_store(scores_path)
+    scores = storage.open_store(scores_path, chunks=None)
     stats = gap_statistics(
         scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget,
         exclude_first_keys=exclude_first_keys,

@@ -201,10 +201,11 @@ def file_checksum(paths, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{digest.hexdigest()}"
 
 
-def open_store(path) -> xr.Dataset:
-    """Open a store written by critscale (lazy, Dask-backed)."""
+def open_store(path, chunks="zarr") -> xr.Dataset:
+    """Open a store written by critscale (lazy, Dask-backed in the store's Zarr chunks; with
+    ``chunks=None`` lazy without Dask, for a reader that chunks it itself)."""
     with quiet_consolidation():
-        return xr.open_zarr(str(path), consolidated=True)
+        return xr.open_zarr(str(path), consolidated=True, chunks={} if chunks == "zarr" else chunks)
 
 
 def portable_strings(ds: xr.Dataset) -> xr.Dataset:
