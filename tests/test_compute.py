@@ -218,6 +218,14 @@ def test_progress_of_blocks_in_the_log(scores_path, tmp_path, caplog, monkeypatc
     assert lines[-1] == "statistics: 6 of 6 blocks done"
 
 
+def test_progress_counts_a_length_of_one_block_once(scores_path, tmp_path, caplog, monkeypatch):
+    # one block per length leaves the block task unfused, and the read before it is named after it
+    monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)
+    with caplog.at_level(logging.INFO, logger="critscale.compute"):
+        stats_with(scores_path, tmp_path, "one-block", row_chunk=10)
+    assert [line for line in caplog.messages if "blocks done" in line][-1] == "statistics: 3 of 3 blocks done"
+
+
 @pytest.mark.parametrize("k", [3, 10])  # 10: every row at n = 8 is left with no key
 def test_exclude_first_keys_equals_masking_by_hand(scores_path, tmp_path, k):
     stats = stats_with(scores_path, tmp_path, f"skip{k}", exclude_first_keys=k)

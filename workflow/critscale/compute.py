@@ -36,9 +36,9 @@ DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of 
 _BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
 _WRITE_ELEMENTS = 2**21  # packed values per Zarr chunk of the statistics store (16 MiB)
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log
-#: Name of the block tasks.  Graph optimisation fuses them with the read before them
-#: (``getitem-statsblock-xarray-...``), so it is looked for as a part of the key's prefix; it is
-#: one alphabetic word because ``key_split`` ends a prefix at the first word that is not.
+#: Name of the block tasks.  Graph optimisation fuses them with the tasks around them, so it is
+#: looked for as a word of the keys' prefixes (see :func:`_block_prefixes`); one alphabetic word,
+#: because ``key_split`` ends a prefix at the first word that is not.
 _BLOCK_PREFIX = "statsblock"
 
 
@@ -217,8 +217,14 @@ def dask_scheduler(spec: str, workers: int):
         )
 
 
-def _is_block(prefix: str) -> bool:
-    return _BLOCK_PREFIX in prefix.split("-")
+def _block_prefixes(prefixes, block: str = _BLOCK_PREFIX) -> set:
+    """The task prefixes that count statistics blocks: those that start with ``block`` when there
+    are any (a length of one block leaves the block task unfused, and its read is then named
+    ``getitem-xarray-statsblock``), else those that contain it (blocks fused with the read before
+    them and the stack after them, ``getitem-statsblock-xarray-stack``)."""
+    named = {prefix for prefix in prefixes if block in prefix.split("-")}
+    first = {prefix for prefix in named if prefix.split("-")[0] == block}
+    return first or named
 
 
 class _Progress:
@@ -242,12 +248,15 @@ class _LocalProgress(Callback):
         super().__init__()
         self.progress = _Progress(interval)
         self.done = self.total = 0
+        self.blocks: set = set()
 
     def _start_state(self, dsk, state):
-        self.total = sum(_is_block(key_split(key)) for key in dsk)
+        prefixes = [key_split(key) for key in dsk]
+        self.blocks = _block_prefixes(set(prefixes))
+        self.total = sum(prefix in self.blocks for prefix in prefixes)
 
     def _posttask(self, key, result, dsk, state, worker_id):
-        if _is_block(key_split(key)):
+        if key_split(key) in self.blocks:
             self.done += 1
             self.progress.report(self.done, self.total)
 
@@ -255,20 +264,17 @@ class _LocalProgress(Callback):
         self.progress.report(self.done, self.total, final=True)
 
 
-def _scheduler_block_counts(client) -> np.ndarray:
-    """(done, total) statistics blocks a ``distributed`` scheduler has seen, over its lifetime."""
+def _scheduler_block_counts(client) -> dict:
+    """Task prefix -> (done, total) of the prefixes that name statistics blocks, as a
+    ``distributed`` scheduler has seen them over its lifetime."""
 
     # Nested, so that it is pickled by value: the scheduler need not have critscale installed.
     def counts(dask_scheduler, block=_BLOCK_PREFIX):
-        done = total = 0
-        for name, prefix in dask_scheduler.task_prefixes.items():
-            if block in name.split("-"):
-                states = dict(prefix.states)
-                done += sum(states.get(s, 0) for s in ("memory", "released", "forgotten", "erred"))
-                total += sum(states.values())
-        return done, total
+        finished = ("memory", "released", "forgotten", "erred")
+        return {name: (sum(prefix.states.get(s, 0) for s in finished), sum(prefix.states.values()))
+                for name, prefix in dask_scheduler.task_prefixes.items() if block in name.split("-")}
 
-    return np.array(client.run_on_scheduler(counts))
+    return {name: np.array(pair) for name, pair in client.run_on_scheduler(counts).items()}
 
 
 def run_with_progress(work, spec: str, workers: int) -> None:
@@ -287,7 +293,9 @@ def run_with_progress(work, spec: str, workers: int) -> None:
         before = _scheduler_block_counts(client)  # blocks of earlier computations
 
         def report(final=False):
-            progress.report(*(_scheduler_block_counts(client) - before), final=final)
+            now = _scheduler_block_counts(client)
+            blocks = _block_prefixes(now)
+            progress.report(*sum((now[name] - before.get(name, 0) for name in blocks), np.zeros(2, int)), final=final)
 
         future = client.compute(work)
         while True:
