@@ -46,6 +46,8 @@ rule figures_source:
         ),
     log:
         result("logs", "figures_source", "{source}.log"),
+    benchmark:
+        result("benchmarks", "figures_source", "{source}.tsv")
     conda:
         "../envs/critscale.yaml"
     params:
@@ -103,6 +105,8 @@ rule figures_model:
         ),
     log:
         result("logs", "figures_model", "{source}.log"),
+    benchmark:
+        result("benchmarks", "figures_model", "{source}.tsv")
     conda:
         "../envs/critscale.yaml"
     params:
