@@ -101,7 +101,7 @@ def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget
     # a block is vectorised over all its rows, so tiny blocks would pay Python overhead per block.
     unit_chunk = int(np.clip(_BLOCK_ELEMENTS // (row_chunk * longest), 1, units))
     # One read per block (a store opened without Dask is chunked here): Zarr then decodes the
-    # block's chunks together, at about half the cost per chunk of one task and one call each.
+    # block's chunks together, at about two thirds of the cost per chunk of one call each.
     values = scores["scores"].chunk({"unit": unit_chunk, "n": 1, "row": row_chunk, "key": -1}).data
     per_n = []
     for i, n in enumerate(scores["n"].values):

@@ -20,7 +20,7 @@ written once by a background thread, so neither the number of layers nor of wind
 Arrays of 4 MiB and more get pages of their own (:func:`fixed_mmap_threshold`), which are returned
 when freed: glibc's sliding threshold otherwise moves them to the heap after the first frees, whose
 free space the next forward's differently sized arrays reuse badly (SmolLM2, 4 windows of 8192
-tokens: 3.49 GB peak, 2.67 GB with the fixed threshold).
+tokens: 3.49 GB peak, 2.65 GB with the fixed threshold).
 
 Exactness
 ---------
@@ -32,7 +32,6 @@ error and the SDPA drift are recorded in the store.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import inspect
 import time
 from contextlib import contextmanager
@@ -56,8 +55,7 @@ def fixed_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Allocations of ``nbytes`` and more are mapped on their own and unmapped when freed, for the
     rest of the process (glibc's ``mallopt``; a fixed threshold also stops it sliding).  Returns
     False where the C library has no ``mallopt`` (not glibc), which changes nothing else."""
-    libc = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, int(nbytes)) == 1)
 
 
