@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -143,6 +143,7 @@ row_strategy = arrays(
 
 @settings(max_examples=150, deadline=None)
 @given(row_strategy)
+@example(np.array([0.0, 1.11253693e-308, -1.0]))  # a subnormal gap: beta ~ 1e306 weighs subnormal terms
 def test_hypothesis_rows_match_reference(row):
     assert_matches_reference(row[None])
 
@@ -263,3 +264,63 @@ def test_integers_beyond_float64_precision_are_refused():
     with pytest.raises(ValueError, match="2\\^53"):
         row_statistics(np.array([[-(2**63), 0]], dtype=np.int64), GRIDS)
     assert row_statistics(np.array([[2**53, 0]], dtype=np.int64), GRIDS)["ties"][0] == 1  # still exact
+
+
+def chain_sums_one_level_at_a_time(gaps, m, ties, terms, levels):
+    """The documented order of a chain's sums in plain Python floats (IEEE doubles, rounded as
+    the scalar code rounds): level ``l`` squares the terms of level ``l - 1``, sums them up to its
+    cutoff in four interleaved lanes, the lanes pairwise, then the rest in key order."""
+    terms = [float(t) for t in terms[:m]]
+    terms[0] = 0.0
+    reach, stop, sums = max(float(gaps[m - 1]), 1.0), m, []
+    for level in range(levels):
+        if level:
+            terms[:stop] = [t * t for t in terms[:stop]]
+        if m > 1:  # smallest K whose tail bound is below 2**-56 of lower bounds of the sums
+            low_rest, low_first = terms[1], terms[ties] * float(gaps[ties]) if ties < m else 0.0
+            lo, hi = 1, stop
+            while lo < hi:
+                mid = (lo + hi) // 2
+                tail = (m - mid) * terms[mid]
+                lo, hi = (lo, mid) if tail <= 2.0**-56 * low_rest and tail * reach <= 2.0**-56 * low_first else (mid + 1, hi)
+            stop = lo
+        lanes = stop - stop % 4
+        rest = [sum_in_order(terms[q:lanes:4]) for q in range(4)]
+        first = [sum_in_order([t * float(g) for t, g in zip(terms[q:lanes:4], gaps[q:lanes:4])]) for q in range(4)]
+        total, weighted = (rest[0] + rest[1]) + (rest[2] + rest[3]), (first[0] + first[1]) + (first[2] + first[3])
+        for k in range(lanes, stop):
+            total, weighted = total + terms[k], weighted + terms[k] * float(gaps[k])
+        sums.append((total, weighted))
+    return sums
+
+
+def sum_in_order(values):
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    ties=st.integers(1, 5),
+    beta=st.floats(2.0**-9, 64.0),
+    levels=st.integers(1, 16),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_chain_sums_are_the_scalar_sums_in_their_documented_order(n, ties, beta, levels, seed):
+    """The grouped vector passes give, bit for bit, the sums of one scalar level at a time:
+    regrouping levels into passes changes no rounding."""
+    from critscale import kernels
+
+    scores = np.random.default_rng(seed).normal(size=n)
+    scores[: min(ties, n)] = scores.max()  # tied top keys
+    gaps, m = np.sort(scores.max() - scores), n
+    ties = int(np.sum(gaps == 0.0))
+    terms, work = np.empty(m), np.empty(m)
+    rest, first = np.empty(levels), np.empty(levels)
+    kernels._chain_sums(gaps, m, ties, beta, levels, rest, first, terms, work, np.empty(4, np.int64), np.empty(32))
+    kernels._exp_neg(beta, gaps, m, terms, work)
+    expected = chain_sums_one_level_at_a_time(gaps, m, ties, terms, levels)
+    assert [(float(a), float(b)) for a, b in zip(rest, first)] == expected
