@@ -83,7 +83,7 @@ genres: debian-corpora $(STAMP)
 
 # The intervention (config/intervene.yaml): SmolLM2's schedule and the published rules beyond its
 # 8192 positions; prints the plan's size first and the wall time at the end. INTERVENE_CONFIG takes
-# overlays: make intervene INTERVENE_CONFIG="config/intervene.yaml config/intervene-1.5L.yaml"
+# overlays: make intervene INTERVENE_CONFIG="config/intervene.yaml config/intervene-1.25L.yaml"
 INTERVENE_CONFIG ?= config/intervene.yaml
 intervene: $(STAMP)
 	$(BIN)/snakemake -n intervene --cores $(CORES) --configfile $(INTERVENE_CONFIG) --replace-workflow-config | grep -A20 '^Job stats'

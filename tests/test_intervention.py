@@ -130,7 +130,9 @@ def test_beyond_length_counts_only_targets_past_L():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("overlays", "windows"), [([], 8), (["config/intervene-cuda.yaml"], 32)])
+@pytest.mark.parametrize(
+    ("overlays", "windows"), [([], 8), (["config/intervene-1.25L.yaml"], 8), (["config/intervene-cuda.yaml"], 32)]
+)
 def test_shipped_intervention_configs_plan_their_windows(tmp_path, overlays, windows):
     import subprocess
     import sys
