@@ -45,7 +45,8 @@ from numba.extending import intrinsic
 # A level of a chain stops once the sum of every term left is below this fraction of its sums.
 _TAIL = 2.0**-56
 _NEAR = 1.0 - 2.0**-50  # a product this close below a bound may still be a new maximum
-_GROUP = 4  # levels of a chain summed in one pass over the keys
+_GROUP = 4  # levels of a chain summed in one pass over the keys (the branches of _lane_passes)
+_EXP_LOW = -708.0  # below it 2**n of the inlined exp would leave the normal range
 # exp(x) = 2**n exp(r), x = n log 2 + r: Cody-Waite split of log 2 (n * _LN2_HI is exact) and the
 # Taylor series of exp(r) to degree 13 (truncation below 1e-17 for |r| <= log(2) / 2).
 _LOG2E = 1.4426950408889634
@@ -142,7 +143,7 @@ def _exp_neg(beta, gaps, stop, terms, work):
     libm's ``exp`` (subnormal or 0).  A clamped term would be negligible next to the top key's 1,
     but not in the weighted sum when its true value is itself subnormal and beta near 1e306."""
     for k in range(stop):
-        x = max(-beta * gaps[k], -708.0)
+        x = max(-beta * gaps[k], _EXP_LOW)
         shifted = x * _LOG2E + _SHIFT  # rounds x / log 2 to the integer held in its low bits
         work[k] = shifted
         n = shifted - _SHIFT
@@ -156,7 +157,7 @@ def _exp_neg(beta, gaps, stop, terms, work):
     for k in range(stop):
         terms[k] *= work[k]
     k = stop
-    while k > 0 and -beta * gaps[k - 1] < -708.0:
+    while k > 0 and -beta * gaps[k - 1] < _EXP_LOW:
         k -= 1
         terms[k] = math.exp(-beta * gaps[k])
 
@@ -235,15 +236,17 @@ def _lane_pass(typingctx, terms, gaps, start, end, lanes, levels, square):
 
 @njit(cache=True, nogil=True)
 def _lane_passes(terms, gaps, start, end, lanes, levels, square):
-    """:func:`_lane_pass` with a run-time number of levels."""
+    """:func:`_lane_pass` with a run-time number of levels, 1 to ``_GROUP``."""
     if levels == 4:
         _lane_pass(terms, gaps, start, end, lanes, 4, square)
     elif levels == 3:
         _lane_pass(terms, gaps, start, end, lanes, 3, square)
     elif levels == 2:
         _lane_pass(terms, gaps, start, end, lanes, 2, square)
-    else:
+    elif levels == 1:
         _lane_pass(terms, gaps, start, end, lanes, 1, square)
+    else:
+        raise ValueError("levels per lane pass must be 1 to 4")
 
 
 @njit(cache=True, nogil=True)
