@@ -99,20 +99,39 @@ def test_row_quantiles_keep_the_dtype_like_xarrays(dtype):
     assert got.dtype == expected.dtype == dtype
 
 
+# block_elements=1: blocks of row_chunk rows of one unit (the test store would be one block per
+# length otherwise); 1024 = 4 rows of both units at n = 128, so row_chunk=2 grows to 4 rows.
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"row_chunk": 3},
-        {"row_chunk": 10, "memory_budget": 1},  # one row per batch inside each block
+        {"row_chunk": 3, "block_elements": 1},
+        {"row_chunk": 10, "memory_budget": 1, "block_elements": 1},  # one row per batch in each block
         {"scheduler": "processes", "workers": 2, "row_chunk": 4},
         {"scheduler": "synchronous"},
-        {"scheduler": "threads", "workers": 2, "row_chunk": 7},
+        {"scheduler": "threads", "workers": 2, "row_chunk": 7, "block_elements": 1},
+        {"row_chunk": 2, "block_elements": 1024},
     ],
-    ids=["chunk3", "tiny-budget", "processes", "synchronous", "threads2"],
+    ids=["chunk3", "tiny-budget", "processes", "synchronous", "threads2", "grown-rows"],
 )
 def test_same_store_for_any_chunking_and_scheduler(scores_path, tmp_path, kwargs):
-    baseline = stats_with(scores_path, tmp_path, "base", row_chunk=4)
+    baseline = stats_with(scores_path, tmp_path, "base", row_chunk=4, block_elements=1)
     assert_same_store(baseline, stats_with(scores_path, tmp_path, "other", **kwargs))
+
+
+@pytest.mark.parametrize(
+    "store, elements, block",
+    [
+        ((270, 64, 2048, 256), 2**20, (8, 64)),  # a model store: units join, rows stay
+        ((1, 256, 32768, 256), 2**20, (1, 256)),  # a family store of long rows: row_chunk rows
+        ((1, 32768, 512, 256), 2**20, (1, 2048)),  # many short rows: rows grow to 2^20 scores
+        ((1, 10**6, 64, 256), 2**20, (1, 4352)),  # shorter still: bounded by the packed output
+        ((2, 10, 128, 3), 2560, (2, 9)),  # rows grow in multiples of row_chunk
+        ((3, 10, 128, 4), 1024, (2, 4)),  # not every unit fits: rows stay
+    ],
+)
+def test_blocks_grow_to_their_element_budget(store, elements, block):
+    units, rows, longest, row_chunk = store
+    assert compute.block_shape(units, rows, longest, row_chunk, elements, width=470) == block
 
 
 def test_same_store_on_a_distributed_cluster(scores_path, tmp_path):
@@ -203,19 +222,19 @@ def test_same_bytes_on_an_external_scheduler(scores_path, tmp_path, caplog, monk
     monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.INFO, logger="critscale.compute"):
         with external_dask_cluster(tmp_path) as address:
-            remote = stats_with(scores_path, tmp_path, "remote", scheduler=address, row_chunk=4)
+            remote = stats_with(scores_path, tmp_path, "remote", scheduler=address, row_chunk=4, block_elements=1)
     assert_same_bytes(stats_with(scores_path, tmp_path, "local", row_chunk=3, workers=2), remote)
-    # 3 lengths x 3 row blocks x 1 unit block, counted by the scheduler
-    assert "statistics: 9 of 9 blocks done" in caplog.text
+    # 3 lengths x 3 row blocks x 2 unit blocks, counted by the scheduler
+    assert "statistics: 18 of 18 blocks done" in caplog.text
 
 
 def test_progress_of_blocks_in_the_log(scores_path, tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.INFO, logger="critscale.compute"):
-        stats_with(scores_path, tmp_path, "progress", row_chunk=5)
+        stats_with(scores_path, tmp_path, "progress", row_chunk=5, block_elements=1)
     lines = [line for line in caplog.messages if "blocks done" in line]
-    assert lines[0] == "statistics: 1 of 6 blocks done"  # 3 lengths x 2 row blocks
-    assert lines[-1] == "statistics: 6 of 6 blocks done"
+    assert lines[0] == "statistics: 1 of 12 blocks done"  # 3 lengths x 2 row blocks x 2 unit blocks
+    assert lines[-1] == "statistics: 12 of 12 blocks done"
 
 
 def test_progress_counts_a_length_of_one_block_once(scores_path, tmp_path, caplog, monkeypatch):

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 AGGREGATED = ("accumulation_scale", "contact_gap", "contact_exponent", "contact_entropy", "resolved_scale")
 INTEGER_QUANTITIES = ("n_keys", "ties", "gap_count")
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes of float64 work arrays per batch of rows
-_BLOCK_ELEMENTS = 2**20  # scores per block at the longest n (4 MiB of float32)
+#: Scores per block at the longest n (4 MiB of float32): each block pays Python, Dask and Zarr
+#: costs of its own (about 4 ms), so blocks of a few rows spend as much on those as on the rows.
+BLOCK_ELEMENTS = 2**20
 _WRITE_ELEMENTS = 2**21  # packed values per Zarr chunk of the statistics store (16 MiB)
 PROGRESS_INTERVAL = 30.0  # seconds between progress lines in the log
 #: Name of the block tasks.  Graph optimisation fuses them with the tasks around them, so it is
@@ -91,15 +93,27 @@ def row_quantiles(values: xr.DataArray, quantiles) -> xr.DataArray:
     return out.assign_coords(quantile=levels).transpose("quantile", ...)
 
 
+def block_shape(units: int, rows: int, longest: int, row_chunk: int, block_elements: int,
+                width: int) -> tuple[int, int]:
+    """Units and rows of a block: at least ``row_chunk`` rows of one unit, grown towards
+    ``block_elements`` scores at the ``longest`` n, by units first (a model store: layers x heads
+    of few rows each), then, once every unit is in, by multiples of ``row_chunk`` rows (a family
+    store of many short rows), but never past :data:`_WRITE_ELEMENTS` packed values of ``width``
+    per row, which bounds a block's output where rows are short."""
+    row_chunk = max(1, min(int(row_chunk), rows))
+    unit_chunk = int(np.clip(block_elements // (row_chunk * longest), 1, units))
+    if unit_chunk < units:
+        return unit_chunk, row_chunk
+    fitting = min(block_elements // (units * longest), _WRITE_ELEMENTS // (units * width))
+    return units, int(np.clip(fitting // row_chunk * row_chunk, row_chunk, rows))
+
+
 def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget: int,
-                 exclude_first_keys: int) -> da.Array:
+                 exclude_first_keys: int, block_elements: int) -> da.Array:
     """Lazy ``(unit, n, row, feature)`` packed statistics of every row, in blocks of whole rows of
     one length, chunked for the store."""
     units, _, rows, longest = scores["scores"].shape
-    row_chunk = max(1, min(int(row_chunk), rows))
-    # Many units per block when rows are few (model stores: layers x heads): the per-beta work of
-    # a block is vectorised over all its rows, so tiny blocks would pay Python overhead per block.
-    unit_chunk = int(np.clip(_BLOCK_ELEMENTS // (row_chunk * longest), 1, units))
+    unit_chunk, row_chunk = block_shape(units, rows, longest, row_chunk, block_elements, grids.width)
     # One read per block (a store opened without Dask is chunked here): Zarr then decodes the
     # block's chunks together, at about two thirds of the cost per chunk of one call each.
     values = scores["scores"].chunk({"unit": unit_chunk, "n": 1, "row": row_chunk, "key": -1}).data
@@ -134,6 +148,7 @@ def gap_statistics(
     row_chunk: int = 256,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     exclude_first_keys: int = 0,
+    block_elements: int = BLOCK_ELEMENTS,
 ) -> xr.Dataset:
     """Lazy statistics dataset of a score store (see ``storage`` for the layout).
 
@@ -144,11 +159,12 @@ def gap_statistics(
     quantiles over rows of the scalar quantities (``<name>_quantiles``, ``inverted_cdf`` so that a
     quantile is always an observed value and ``inf`` from ties never turns into NaN) and the number
     of tied rows.  Variables of the score store without a ``key`` dimension (predictions) and its
-    attributes are carried over, so the statistics store is self-describing.
+    attributes are carried over, so the statistics store is self-describing.  ``row_chunk`` and
+    ``block_elements`` shape the blocks (:func:`block_shape`); the values do not depend on them.
     """
     if int(exclude_first_keys) != exclude_first_keys or exclude_first_keys < 0:
         raise ValueError(f"exclude_first_keys must be an integer >= 0, got {exclude_first_keys!r}")
-    packed = _packed_rows(scores, grids, row_chunk, memory_budget, int(exclude_first_keys))
+    packed = _packed_rows(scores, grids, row_chunk, memory_budget, int(exclude_first_keys), block_elements)
 
     coords = {name: coord for name, coord in scores.coords.items() if "key" not in coord.dims}
     coords.update(t=grids.t, r=grids.resolutions, beta=grids.beta, rho=grids.rho)
@@ -319,13 +335,14 @@ def compute_statistics_store(
     workers: int = 1,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     exclude_first_keys: int = 0,
+    block_elements: int = BLOCK_ELEMENTS,
     config: dict | None = None,
 ) -> None:
     """Read a score store, compute its statistics with Dask, write the statistics store."""
     scores = storage.open_store(scores_path, chunks=None)
     stats = gap_statistics(
         scores, grids, quantiles=quantiles, row_chunk=row_chunk, memory_budget=memory_budget,
-        exclude_first_keys=exclude_first_keys,
+        exclude_first_keys=exclude_first_keys, block_elements=block_elements,
     )
     stats.attrs["statistics_provenance"] = storage.provenance(
         config or {},
