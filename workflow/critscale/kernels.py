@@ -83,8 +83,10 @@ def _scalars(gaps, m, log_count, resolutions, resolved):
         for i in range(len(resolutions)):
             excess = log_count[k] - resolutions[i]
             if excess > resolved[i] * gaps[k] * _NEAR:
-                # excess > 0 here, so a gap whose reciprocal overflows gives inf (as the reference), never NaN
-                value = excess * (1.0 / gaps[k])
+                # excess > 0 here, so the value is never NaN.  A gap below 1 / 1.8e308 has an
+                # infinite reciprocal while excess / gap may still be finite (excess < 1): divide.
+                inverse = 1.0 / gaps[k]
+                value = excess * inverse if inverse < np.inf else excess / gaps[k]
                 if value > resolved[i]:
                     resolved[i] = value
     log_ties = np.log(max(ties, 1))
