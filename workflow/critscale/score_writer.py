@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 _SLAB_BYTES = 32 * 2**20  # padded float32 values per zarr write call inside the writer thread
+LARGEST_ROW_CHUNK = 64  # rows per chunk of a model store at most (the writer buffers a whole row chunk)
 
 
 def block_bytes(units: int, row_chunk: int, n_ladder) -> int:
@@ -29,7 +30,8 @@ def block_bytes(units: int, row_chunk: int, n_ladder) -> int:
     return 4 * units * row_chunk * sum(int(n) for n in n_ladder)
 
 
-def choose_row_chunk(rows: int, rows_per_forward: int, units: int, n_ladder, budget_bytes: int, largest: int = 64) -> int:
+def choose_row_chunk(rows: int, rows_per_forward: int, units: int, n_ladder, budget_bytes: int,
+                     largest: int = LARGEST_ROW_CHUNK) -> int:
     """Rows per store chunk: a multiple of the rows one forward pass yields (so a chunk is complete
     after whole forwards), at most ``largest`` and ``rows``, and small enough that one block of it
     fits ``budget_bytes`` (at least one forward's rows)."""
