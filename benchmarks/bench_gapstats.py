@@ -125,18 +125,23 @@ def rates(functions: dict, rows: int, repeats: int) -> dict[str, float]:
 
 
 def peak_memory_of_stage(n: int, rows: int, workers: int) -> float:
-    """Peak resident memory (MiB) of a fresh process running the stage on a store of ``rows``."""
-    code = f"""
-import resource, sys, tempfile, pathlib
+    """Peak resident memory (MiB) of a fresh process running the stage on a store of ``rows``
+    (made beforehand by this process, so its arrays are not counted).  The peak is the new
+    process's ``VmHWM``: Linux carries ``ru_maxrss`` over from the parent through fork and exec, so
+    a child's ``getrusage`` reports this benchmark's own peak (1184 MiB whatever the rows)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        make_store(Path(tmp) / "scores.zarr", n, rows)
+        code = f"""
+import pathlib, sys
 sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
-from bench_gapstats import make_store, GRIDS
+from bench_gapstats import GRIDS
 from critscale import compute
-tmp = pathlib.Path(tempfile.mkdtemp())
-make_store(tmp / "scores.zarr", {n}, {rows})
+tmp = pathlib.Path({tmp!r})
 compute.compute_statistics_store(tmp / "scores.zarr", tmp / "stats.zarr", GRIDS, workers={workers})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = pathlib.Path("/proc/self/status").read_text()
+print(next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024)
 """
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
