@@ -237,6 +237,16 @@ def test_progress_of_blocks_in_the_log(scores_path, tmp_path, caplog, monkeypatc
     assert lines[-1] == "statistics: 12 of 12 blocks done"
 
 
+def test_short_rows_come_in_blocks_sized_by_their_own_n(scores_path, tmp_path, caplog, monkeypatch):
+    # 640 scores a block: 4 blocks of 1 unit x 5 rows at n = 128, but one block of every unit
+    # and row at n = 32 and 8, whose rows are padded with NaN to 128 keys in the store
+    monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)
+    with caplog.at_level(logging.INFO, logger="critscale.compute"):
+        sized = stats_with(scores_path, tmp_path, "sized", row_chunk=5, block_elements=640)
+    assert [line for line in caplog.messages if "blocks done" in line][-1] == "statistics: 6 of 6 blocks done"
+    assert_same_store(stats_with(scores_path, tmp_path, "base", row_chunk=4, block_elements=1), sized)
+
+
 def test_progress_counts_a_length_of_one_block_once(scores_path, tmp_path, caplog, monkeypatch):
     # one block per length leaves the block task unfused, and the read before it is named after it
     monkeypatch.setattr(compute, "PROGRESS_INTERVAL", 0.0)

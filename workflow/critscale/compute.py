@@ -97,33 +97,35 @@ def row_quantiles(values: xr.DataArray, quantiles) -> xr.DataArray:
     return out.assign_coords(quantile=levels).transpose("quantile", ...)
 
 
-def block_shape(units: int, rows: int, longest: int, row_chunk: int, block_elements: int,
+def block_shape(units: int, rows: int, n: int, row_chunk: int, block_elements: int,
                 width: int) -> tuple[int, int]:
-    """Units and rows of a block: at least ``row_chunk`` rows of one unit, grown towards
-    ``block_elements`` scores at the ``longest`` n, by units first (a model store: layers x heads
-    of few rows each), then, once every unit is in, by multiples of ``row_chunk`` rows (a family
-    store of many short rows), but never past :data:`_WRITE_ELEMENTS` packed values of ``width``
-    per row, which bounds a block's output where rows are short."""
+    """Units and rows of a block of rows of ``n`` keys: at least ``row_chunk`` rows of one unit,
+    grown towards ``block_elements`` scores, by units first (a model store: layers x heads of few
+    rows each), then, once every unit is in, by multiples of ``row_chunk`` rows (a family store of
+    many short rows), but never past :data:`_WRITE_ELEMENTS` packed values of ``width`` per row,
+    which bounds a block's output where rows are short."""
     row_chunk = max(1, min(int(row_chunk), rows))
-    unit_chunk = int(np.clip(block_elements // (row_chunk * longest), 1, units))
+    fitting_units = min(block_elements // (row_chunk * n), _WRITE_ELEMENTS // (row_chunk * width))
+    unit_chunk = int(np.clip(fitting_units, 1, units))
     if unit_chunk < units:
         return unit_chunk, row_chunk
-    fitting = min(block_elements // (units * longest), _WRITE_ELEMENTS // (units * width))
+    fitting = min(block_elements // (units * n), _WRITE_ELEMENTS // (units * width))
     return units, int(np.clip(fitting // row_chunk * row_chunk, row_chunk, rows))
 
 
 def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget: int,
                  exclude_first_keys: int, block_elements: int) -> da.Array:
     """Lazy ``(unit, n, row, feature)`` packed statistics of every row, in blocks of whole rows of
-    one length, chunked for the store."""
+    one length, chunked for the store.  Each length's blocks are sized by its own ``n``: rows
+    shorter than the key axis (padded with NaN to the longest ``n``) would otherwise come in the
+    long rows' small blocks, each paying its fixed cost."""
     units, _, rows, longest = scores["scores"].shape
-    unit_chunk, row_chunk = block_shape(units, rows, longest, row_chunk, block_elements, grids.width)
-    # One read per block (a store opened without Dask is chunked here): Zarr then decodes the
-    # block's chunks together, at about two thirds of the cost per chunk of one call each.
-    values = scores["scores"].chunk({"unit": unit_chunk, "n": 1, "row": row_chunk, "key": -1}).data
     per_n = []
-    for i, n in enumerate(scores["n"].values):
-        block = values[:, i, :, : int(n)]
+    for i, n in enumerate(int(n) for n in scores["n"].values):
+        unit_chunk, block_rows = block_shape(units, rows, n, row_chunk, block_elements, grids.width)
+        # One read per block (a store opened without Dask is chunked here): Zarr then decodes
+        # the block's chunks together, at about two thirds of the cost per chunk of one call each.
+        block = scores["scores"][:, i, :, :n].chunk({"unit": unit_chunk, "row": block_rows, "key": -1}).data
         per_n.append(
             block.map_blocks(
                 _pack_block,
@@ -136,12 +138,13 @@ def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget
                 meta=np.empty((0, 0, 0)),
             )
         )
-    # Zarr chunks of the store: whole blocks (never split) merged, rows first, then units, up to
-    # _WRITE_ELEMENTS, because each chunk read or write costs about a millisecond of fixed
-    # overhead; the values do not depend on the chunking.
-    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width) // row_chunk * row_chunk, row_chunk, rows))
+    # Zarr chunks of the store: the longest length's blocks (never split) merged, rows first,
+    # then units, up to _WRITE_ELEMENTS, because each chunk read or write costs about a
+    # millisecond of fixed overhead; the values do not depend on the chunking.
+    unit_chunk, block_rows = block_shape(units, rows, longest, row_chunk, block_elements, grids.width)
+    write_rows = int(np.clip(_WRITE_ELEMENTS // (unit_chunk * grids.width) // block_rows * block_rows, block_rows, rows))
     write_units = int(np.clip(_WRITE_ELEMENTS // (write_rows * grids.width), unit_chunk, units))
-    return da.stack(per_n, axis=1).rechunk({0: write_units, 2: write_rows})
+    return da.stack([part.rechunk({0: write_units, 1: write_rows}) for part in per_n], axis=1)
 
 
 def gap_statistics(
