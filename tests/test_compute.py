@@ -122,6 +122,7 @@ def test_same_store_for_any_chunking_and_scheduler(scores_path, tmp_path, kwargs
     "store, elements, block",
     [
         ((270, 64, 2048, 256), 2**20, (8, 64)),  # a model store: units join, rows stay
+        ((270, 128, 64, 256), 2**20, (69, 128)),  # its short rows: units bounded by the packed output
         ((1, 256, 32768, 256), 2**20, (1, 256)),  # a family store of long rows: row_chunk rows
         ((1, 32768, 512, 256), 2**20, (1, 2048)),  # many short rows: rows grow to 2^20 scores
         ((1, 10**6, 64, 256), 2**20, (1, 8704)),  # shorter still: bounded by the packed output

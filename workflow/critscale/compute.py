@@ -121,7 +121,7 @@ def _packed_rows(scores: xr.Dataset, grids: Grids, row_chunk: int, memory_budget
     long rows' small blocks, each paying its fixed cost."""
     units, _, rows, longest = scores["scores"].shape
     per_n = []
-    for i, n in enumerate(int(n) for n in scores["n"].values):
+    for i, n in enumerate(scores["n"].values.tolist()):
         unit_chunk, block_rows = block_shape(units, rows, n, row_chunk, block_elements, grids.width)
         # One read per block (a store opened without Dask is chunked here): Zarr then decodes
         # the block's chunks together, at about two thirds of the cost per chunk of one call each.
