@@ -320,10 +320,59 @@ def test_chain_sums_are_the_scalar_sums_in_their_documented_order(n, tied, beta,
     scores[: min(tied, n)] = scores.max()  # tied top keys
     gaps, m = np.sort(scores.max() - scores), n
     ties = int(np.sum(gaps == 0.0))
-    terms, work = np.empty(m), np.empty(m)
+    terms = np.empty(m)
     rest, first = np.empty(levels), np.empty(levels)
     stops, lanes = np.empty(kernels._GROUP, np.int64), np.empty(8 * kernels._GROUP)
-    kernels._chain_sums(gaps, m, ties, beta, levels, rest, first, terms, work, stops, lanes)
-    kernels._exp_neg(beta, gaps, m, terms, work)
+    kernels._chain_sums(gaps, m, ties, beta, levels, rest, first, terms, stops, lanes)
+    kernels._exp_neg(beta, gaps, m, terms)
     expected = chain_sums_one_level_at_a_time(gaps, m, ties, terms, levels)
     assert [(float(a), float(b)) for a, b in zip(rest, first)] == expected
+
+
+def scalars_by_running_maximum(gaps, m, log_count, resolutions):
+    """The kernel's scale, contact and resolved scales as a plain running maximum over the keys
+    (one division per key), the order the vectorised loops replace."""
+    ties = int(np.sum(gaps[:m] == 0.0))
+    scale, contact, resolved = -np.inf, m - 1, [0.0] * len(resolutions)
+    for k in range(ties, m):
+        ratio = log_count[k] / gaps[k]
+        if ratio >= scale:
+            scale, contact = ratio, k
+        for i, r in enumerate(resolutions):
+            excess = log_count[k] - r
+            if excess > 0.0:
+                with np.errstate(over="ignore"):
+                    inverse = 1.0 / gaps[k]  # inf for a gap below 1 / 1.8e308
+                value = excess * inverse if inverse < np.inf else excess / gaps[k]
+                resolved[i] = max(resolved[i], value)
+    return ties, scale, contact, resolved
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 70),
+    tied=st.integers(1, 4),
+    tiny=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_scalars_are_the_running_maxima_bit_for_bit(n, tied, tiny, seed):
+    """Ratios in vectorised loops and maxima in vector compares give the running maxima's
+    values and contact bit for bit, subnormal gaps (infinite reciprocals) included."""
+    from critscale import kernels
+
+    rng = np.random.default_rng(seed)
+    gaps = np.sort(np.abs(rng.normal(size=n)))
+    gaps[: min(tied, n)] = 0.0
+    gaps[min(tied, n) : min(tied + tiny, n)] = np.sort(rng.uniform(1, 9, size=max(0, min(tied + tiny, n) - tied))) * 1e-310
+    gaps = np.sort(gaps)
+    log_count = np.log(np.arange(1, n + 1, dtype=np.float64))
+    resolutions = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    resolved = np.empty(len(resolutions))
+    ties, scale, contact_gap, _, _ = kernels._scalars(gaps, n, log_count, resolutions, resolved, np.empty(n), np.empty(n))
+    want_ties, want_scale, want_contact, want_resolved = scalars_by_running_maximum(gaps, n, log_count, resolutions)
+    assert ties == want_ties
+    log_ties = np.log(max(ties, 1))
+    want_resolved = [np.inf if log_ties > r else v for r, v in zip(resolutions, want_resolved)]
+    assert resolved.tolist() == want_resolved
+    if n >= 2 and ties < 2:
+        assert scale == want_scale and contact_gap == gaps[want_contact]

@@ -5,8 +5,9 @@ One call fills the packed feature vectors of a batch of rows whose scores are so
 the same).  Per row, in this order and only from the row itself:
 
 * the gaps ``D_(k)``, ascending, from the sorted scores;
-* one pass over them gives ``N(0)``, ``Lambda`` with its contact index and every resolved scale
-  ``Lambda^(r)`` (a division only where a maximum can move);
+* ``N(0)``, ``Lambda`` with its contact index and every resolved scale ``Lambda^(r)``: every
+  ratio in vectorised loops, then their maxima in vector compares (a maximum is exact in any
+  order; a running one branched on every key);
 * ``N(t)`` by binary search;
 * the Laplace envelope ``S(beta) = max_k (log N(D_(k)) - beta D_(k))`` from the upper concave
   hull of the points ``(D_(k), log N(D_(k)))``: the maximiser moves left along the hull as beta
@@ -44,7 +45,6 @@ from numba.extending import intrinsic
 
 # A level of a chain stops once the sum of every term left is below this fraction of its sums.
 _TAIL = 2.0**-56
-_NEAR = 1.0 - 2.0**-50  # a product this close below a bound may still be a new maximum
 _GROUP = 4  # levels of a chain summed in one pass over the keys (the branches of _lane_passes)
 _EXP_LOW = -708.0  # below it 2**n of the inlined exp would leave the normal range
 # exp(x) = 2**n exp(r), x = n log 2 + r: Cody-Waite split of log 2 (n * _LN2_HI is exact) and the
@@ -57,10 +57,52 @@ _SHIFT_BITS = int(np.array([_SHIFT]).view(np.int64)[0])
 _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = (1.0 / math.factorial(i) for i in range(1, 14))
 
 
+@intrinsic
+def _vector_max(typingctx, values, end):
+    """``max(values[:end])`` for ``end`` a multiple of 8 (``-inf`` if 0), eight keys per vector
+    compare: a maximum is exact in any order.  numba leaves a running maximum scalar (LLVM
+    vectorises it only with fast-math attributes on the whole function), hence the vectors."""
+    if not (isinstance(values, types.Array) and values.layout == "C" and values.dtype == types.float64):
+        return None  # a typing error: the vectors address the array's data directly
+
+    def codegen(context, builder, signature, args):
+        values_arg, end_arg = args
+        vector = ir.VectorType(ir.DoubleType(), 8)
+        data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=values_arg).data
+        intp = end_arg.type
+        best = cgutils.alloca_once_value(builder, ir.Constant(vector, [-math.inf] * 8))
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), end_arg, ir.Constant(intp, 8), intp) as (k, _):
+            key = builder.load(builder.bitcast(builder.gep(data, [k]), vector.as_pointer()), align=8)
+            current = builder.load(best)
+            builder.store(builder.select(builder.fcmp_ordered(">", key, current), key, current), best)
+        lanes = builder.load(best)
+        result = builder.extract_element(lanes, ir.Constant(ir.IntType(32), 0))
+        for lane in range(1, 8):
+            key = builder.extract_element(lanes, ir.Constant(ir.IntType(32), lane))
+            result = builder.select(builder.fcmp_ordered(">", key, result), key, result)
+        return result
+
+    return types.float64(values, end), codegen
+
+
 @njit(cache=True, nogil=True)
-def _scalars(gaps, m, log_count, resolutions, resolved):
+def _largest(values):
+    """``max(values)`` (``-inf`` if empty), 8 keys at a time."""
+    end = len(values) - len(values) % 8
+    best = _vector_max(values, end)
+    for k in range(end, len(values)):
+        best = max(best, values[k])
+    return best
+
+
+# IEEE division (the gaps divided are > 0): without a zero check per key the loops vectorise.
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scalars(gaps, m, log_count, resolutions, resolved, inverse, values):
     """Scalars of one row and its resolved scales (into ``resolved``); returns the scalars
-    ``(ties, Lambda, D_Lambda, alpha, C)`` with the conventions of :mod:`critscale.gapstats`."""
+    ``(ties, Lambda, D_Lambda, alpha, C)`` with the conventions of :mod:`critscale.gapstats`.
+    ``inverse`` and ``values`` are scratch of at least ``m``.  Every ratio is computed in a loop
+    the compiler vectorises and the maxima are taken after (exact in any order), where a running
+    maximum would branch on every key."""
     nan = np.nan
     ties = 0
     while ties < m and gaps[ties] == 0.0:
@@ -68,27 +110,30 @@ def _scalars(gaps, m, log_count, resolutions, resolved):
     if m == 0:
         resolved[:] = nan
         return 0, nan, nan, nan, nan
-    scale = -np.inf
+    # Views from the first positive gap: loops from 0 over a view vectorise (from a run-time
+    # start, numba's negative-index wraparound keeps them scalar).
+    positive, count, inverse, ratios = gaps[ties:m], log_count[ties:m], inverse[ties:m], values[ties:m]
+    for k in range(len(positive)):
+        ratios[k] = count[k] / positive[k]
+        inverse[k] = 1.0 / positive[k]
+    scale = _largest(ratios)
     contact = m - 1
-    resolved[:] = 0.0
-    for k in range(ties, m):  # positive gaps only
-        # Divide only where a maximum can move: the products are within 2 ulp of the ratios.
-        # Once a subnormal gap has made the scale inf, inf * gap hides the later gaps whose ratio
-        # is inf too; the contact is the largest of them (as the reference), so divide there.
-        if scale == np.inf or log_count[k] >= scale * gaps[k] * _NEAR:
-            ratio = log_count[k] / gaps[k]
-            if ratio >= scale:  # >=: the sup is attained at the largest gap achieving it
-                scale = ratio
-                contact = k
-        for i in range(len(resolutions)):
-            excess = log_count[k] - resolutions[i]
-            if excess > resolved[i] * gaps[k] * _NEAR:
-                # excess > 0 here, so the value is never NaN.  A gap below 1 / 1.8e308 has an
-                # infinite reciprocal while excess / gap may still be finite (excess < 1): divide.
-                inverse = 1.0 / gaps[k]
-                value = excess * inverse if inverse < np.inf else excess / gaps[k]
-                if value > resolved[i]:
-                    resolved[i] = value
+    while contact > ties and ratios[contact - ties] != scale:  # the sup is attained at its largest gap
+        contact -= 1
+    # A gap below 1 / 1.8e308 (the smallest, so first) has an infinite reciprocal while
+    # excess / gap may still be finite (excess < 1): those keys divide.
+    tiny = 0
+    while tiny < len(inverse) and inverse[tiny] == np.inf:
+        tiny += 1
+    for i in range(len(resolutions)):
+        for k in range(tiny):
+            excess = count[k] - resolutions[i]
+            ratios[k] = excess / positive[k] if excess > 0.0 else 0.0
+        rest, rest_count, rest_inverse = ratios[tiny:], count[tiny:], inverse[tiny:]
+        for k in range(len(rest)):
+            excess = rest_count[k] - resolutions[i]
+            rest[k] = excess * rest_inverse[k] if excess > 0.0 else 0.0
+        resolved[i] = max(_largest(ratios), 0.0)
     log_ties = np.log(max(ties, 1))
     for i in range(len(resolutions)):
         if log_ties > resolutions[i]:
@@ -106,20 +151,23 @@ def _upper_hull(gaps, m, log_count, hull_x, hull_y):
     """Points of the upper concave hull of ``(D_(k), log N(D_(k)))`` into ``hull_x``, ``hull_y``
     (copies: the comparisons read them directly, not through indices); returns its length.  Of
     tied gaps only the last (largest count) can be on it."""
+    # The last two points stay in registers (the same comparisons in the same order as with
+    # loads from the arrays), so the chain of pops waits on no store and reload.
     size = 0
+    ax = ay = lx = ly = 0.0  # points size - 2 and size - 1
     for k in range(m):
         if k + 1 < m and gaps[k + 1] == gaps[k]:
             continue
         x, y = gaps[k], log_count[k]
-        while size >= 2:
-            ax, ay = hull_x[size - 2], hull_y[size - 2]
-            # drop the last point when it is not strictly above the segment from a to the new point
-            if (hull_y[size - 1] - ay) * (x - ax) <= (y - ay) * (hull_x[size - 1] - ax):
-                size -= 1
-            else:
-                break
+        # drop the last point while it is not strictly above the segment from a to the new point
+        while size >= 2 and (ly - ay) * (x - ax) <= (y - ay) * (lx - ax):
+            size -= 1
+            lx, ly = ax, ay
+            if size >= 2:
+                ax, ay = hull_x[size - 2], hull_y[size - 2]
         hull_x[size] = x
         hull_y[size] = y
+        ax, ay, lx, ly = lx, ly, x, y
         size += 1
     return size
 
@@ -137,9 +185,25 @@ def _envelope(hull_x, hull_y, size, betas, order, out, at, stride):
         out[at + 4 * stride + b] = hull_y[j] - beta * hull_x[j]
 
 
+@intrinsic
+def _power_of_two(typingctx, shifted):
+    """``2**n`` from ``shifted = n + 1.5 * 2**52`` (``n`` in its low bits, ``-1022 <= n <= 1023``),
+    by integer arithmetic on its bits: numba has no scalar bit cast, and with one the whole
+    exponential stays one loop the compiler vectorises."""
+    if shifted != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        int64 = ir.IntType(64)
+        bits = builder.add(builder.bitcast(args[0], int64), ir.Constant(int64, 1023 - _SHIFT_BITS))
+        return builder.bitcast(builder.shl(bits, ir.Constant(int64, 52)), ir.DoubleType())
+
+    return types.float64(shifted), codegen
+
+
 @njit(cache=True, nogil=True)
-def _exp_neg(beta, gaps, stop, terms, work):
-    """``terms[k] = exp(-beta D_(k))`` for ``k < stop`` within 1 ulp, in loops the compiler
+def _exp_neg(beta, gaps, stop, terms):
+    """``terms[k] = exp(-beta D_(k))`` for ``k < stop`` within 1 ulp, in a loop the compiler
     vectorises (a libm ``exp`` call per key is three times dearer).  Below ``exp(-708)`` the
     power ``2**n`` would leave the normal range: those keys, the last of the sorted row, take
     libm's ``exp`` (subnormal or 0).  A clamped term would be negligible next to the top key's 1,
@@ -147,17 +211,11 @@ def _exp_neg(beta, gaps, stop, terms, work):
     for k in range(stop):
         x = max(-beta * gaps[k], _EXP_LOW)
         shifted = x * _LOG2E + _SHIFT  # rounds x / log 2 to the integer held in its low bits
-        work[k] = shifted
         n = shifted - _SHIFT
         r = (x - n * _LN2_HI) - n * _LN2_LO  # |r| <= log(2) / 2
         p = ((((_C13 * r + _C12) * r + _C11) * r + _C10) * r + _C9) * r + _C8
         p = ((((((p * r + _C7) * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2) * r + _C1
-        terms[k] = p * r + 1.0
-    bits = work[:stop].view(np.int64)
-    for k in range(stop):  # 2**n from the integer in the low bits
-        bits[k] = (bits[k] - _SHIFT_BITS + 1023) << 52
-    for k in range(stop):
-        terms[k] *= work[k]
+        terms[k] = (p * r + 1.0) * _power_of_two(shifted)
     k = stop
     while k > 0 and -beta * gaps[k - 1] < _EXP_LOW:
         k -= 1
@@ -279,11 +337,11 @@ def _group_sums(terms, gaps, stops, size, square, rest, first, lanes):
 
 
 @njit(cache=True, nogil=True)
-def _chain_sums(gaps, m, ties, beta, levels, rest, first, terms, work, stops, lanes):
+def _chain_sums(gaps, m, ties, beta, levels, rest, first, terms, stops, lanes):
     """``rest[l] = sum_{k>=1} exp(-2^l beta D_(k))`` and ``first[l]`` the same weighted by
     ``D_(k)``, for ``l < levels``: one exponential per key, squared up the chain, each level
     summed only as far as its terms matter, ``_GROUP`` levels per pass over the keys."""
-    _exp_neg(beta, gaps, m, terms, work)
+    _exp_neg(beta, gaps, m, terms)
     terms[0] = 0.0  # the top key is counted apart: exactly 1
     reach = max(gaps[m - 1], 1.0)
     stop = m
@@ -296,7 +354,7 @@ def _chain_sums(gaps, m, ties, beta, levels, rest, first, terms, work, stops, la
 
 
 @njit(cache=True, nogil=True)
-def _responses(gaps, m, ties, grid, scale, chain_start, chain_nodes, rest, first, terms, work, stops, lanes, out, at):
+def _responses(gaps, m, ties, grid, scale, chain_start, chain_nodes, rest, first, terms, stops, lanes, out, at):
     """Softmax responses at ``beta = grid * scale`` into ``out[at:]`` (``RESPONSE_NAMES`` order,
     one block of ``len(grid)`` per name); the envelope is written by :func:`_envelope`."""
     stride = len(grid)
@@ -315,7 +373,7 @@ def _responses(gaps, m, ties, grid, scale, chain_start, chain_nodes, rest, first
                 out[at + 2 * stride + b] = 1.0 if m == 1 else 0.0
                 out[at + 3 * stride + b] = 0.0
             continue
-        _chain_sums(gaps, m, ties, beta0, len(nodes), rest, first, terms, work, stops, lanes)
+        _chain_sums(gaps, m, ties, beta0, len(nodes), rest, first, terms, stops, lanes)
         for level in range(len(nodes)):
             b = nodes[level]
             beta = grid[b] * scale  # exactly 2**level beta0, or inf: undefined, NaN stays
@@ -368,7 +426,7 @@ def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nod
     rest = np.empty(max(longest, 1))
     first = np.empty(max(longest, 1))
     terms = np.empty(max(width, 1))
-    work = np.empty(max(width, 1))
+    ratios = np.empty(max(width, 1))
     stops = np.empty(_GROUP, dtype=np.int64)
     lanes = np.empty(8 * _GROUP)
     at_t = 6
@@ -377,7 +435,7 @@ def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nod
     at_rho = at_beta + 5 * len(beta)
     for i in range(rows):
         m = row_gaps(ascending[i], row)
-        ties, scale, contact_gap, exponent, entropy = _scalars(row, m, log_count, resolutions, resolved)
+        ties, scale, contact_gap, exponent, entropy = _scalars(row, m, log_count, resolutions, resolved, terms, ratios)
         o = out[i]
         o[0] = m
         o[1] = ties
@@ -391,8 +449,8 @@ def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nod
         if m == 0:
             continue
         relative = scale if np.isfinite(scale) else np.nan  # ties: relative beta undefined
-        _responses(row, m, ties, beta, 1.0, beta_chains, beta_nodes, rest, first, terms, work, stops, lanes, o, at_beta)
-        _responses(row, m, ties, rho, relative, rho_chains, rho_nodes, rest, first, terms, work, stops, lanes, o, at_rho)
+        _responses(row, m, ties, beta, 1.0, beta_chains, beta_nodes, rest, first, terms, stops, lanes, o, at_beta)
+        _responses(row, m, ties, rho, relative, rho_chains, rho_nodes, rest, first, terms, stops, lanes, o, at_rho)
         size = _upper_hull(row, m, log_count, hull_x, hull_y)
         _envelope(hull_x, hull_y, size, beta, beta_order, o, at_beta, len(beta))
         _envelope(hull_x, hull_y, size, rho * relative, rho_order, o, at_rho, len(rho))
