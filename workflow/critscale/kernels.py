@@ -57,22 +57,38 @@ _SHIFT_BITS = int(np.array([_SHIFT]).view(np.int64)[0])
 _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = (1.0 / math.factorial(i) for i in range(1, 14))
 
 
+def _contiguous_doubles(*arrays) -> bool:
+    """Whether every argument type is a C-contiguous float64 array, as the vectors of the
+    intrinsics below need: they address the arrays' data directly."""
+    return all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.float64 for a in arrays)
+
+
+def _data(context, builder, array_type, array):
+    """The data pointer of a numba array value."""
+    return cgutils.create_struct_proxy(array_type)(context, builder, value=array).data
+
+
+def _vector_at(builder, pointer, index, vector):
+    """``pointer + index`` as a pointer to ``vector``."""
+    return builder.bitcast(builder.gep(pointer, [index]), vector.as_pointer())
+
+
 @intrinsic
 def _vector_max(typingctx, values, end):
     """``max(values[:end])`` for ``end`` a multiple of 8 (``-inf`` if 0), eight keys per vector
     compare: a maximum is exact in any order.  numba leaves a running maximum scalar (LLVM
     vectorises it only with fast-math attributes on the whole function), hence the vectors."""
-    if not (isinstance(values, types.Array) and values.layout == "C" and values.dtype == types.float64):
-        return None  # a typing error: the vectors address the array's data directly
+    if not _contiguous_doubles(values):
+        return None  # a typing error
 
     def codegen(context, builder, signature, args):
         values_arg, end_arg = args
         vector = ir.VectorType(ir.DoubleType(), 8)
-        data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=values_arg).data
+        data = _data(context, builder, signature.args[0], values_arg)
         intp = end_arg.type
         best = cgutils.alloca_once_value(builder, ir.Constant(vector, [-math.inf] * 8))
         with cgutils.for_range_slice(builder, ir.Constant(intp, 0), end_arg, ir.Constant(intp, 8), intp) as (k, _):
-            key = builder.load(builder.bitcast(builder.gep(data, [k]), vector.as_pointer()), align=8)
+            key = builder.load(_vector_at(builder, data, k, vector), align=8)
             current = builder.load(best)
             builder.store(builder.select(builder.fcmp_ordered(">", key, current), key, current), best)
         lanes = builder.load(best)
@@ -257,22 +273,18 @@ def _lane_pass(typingctx, terms, gaps, start, end, lanes, levels, square):
     Vector adds and multiplies without fast-math flags round each lane as the scalar code does,
     so the sums are those of four scalar lanes; numba leaves LLVM's SLP vectoriser off, and the
     loop vectoriser cannot keep lanes in a fixed order, hence the explicit vectors."""
-    contiguous = all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.float64 for a in (terms, gaps, lanes))
-    if not (contiguous and isinstance(levels, types.IntegerLiteral)):
-        return None  # a typing error: the vectors address the arrays' data directly
+    if not (_contiguous_doubles(terms, gaps, lanes) and isinstance(levels, types.IntegerLiteral)):
+        return None  # a typing error
     count = levels.literal_value
 
     def codegen(context, builder, signature, args):
         terms_arg, gaps_arg, start_arg, end_arg, lanes_arg, _, square_arg = args
         vector = ir.VectorType(ir.DoubleType(), 4)
-
-        def data(position, value):
-            return cgutils.create_struct_proxy(signature.args[position])(context, builder, value=value).data
-
-        terms_data, gaps_data, lanes_data = data(0, terms_arg), data(1, gaps_arg), data(4, lanes_arg)
+        terms_data, gaps_data, lanes_data = (_data(context, builder, signature.args[i], arg)
+                                             for i, arg in ((0, terms_arg), (1, gaps_arg), (4, lanes_arg)))
 
         def at(pointer, index):
-            return builder.bitcast(builder.gep(pointer, [index]), vector.as_pointer())
+            return _vector_at(builder, pointer, index, vector)
 
         intp = start_arg.type
         slots = [cgutils.alloca_once_value(builder, builder.load(at(lanes_data, ir.Constant(intp, 4 * j)), align=8))
