@@ -246,6 +246,13 @@ def _squared(value, times):
 
 
 @njit(cache=True, nogil=True)
+def _negligible(terms, m, k, squarings, reach, low_rest, low_first):
+    """Whether the tails from key ``k`` are below ``_TAIL`` of the sums (see :func:`_cutoff`)."""
+    tail = (m - k) * _squared(terms[k], squarings)
+    return tail <= _TAIL * low_rest and tail * reach <= _TAIL * low_first
+
+
+@njit(cache=True, nogil=True)
 def _cutoff(terms, gaps, m, stop, ties, reach, squarings):
     """Smallest ``K <= stop`` whose tail ``sum_{k >= K}`` is below ``_TAIL`` of the sums, for the
     terms squared ``squarings`` times (as the levels before would have left them): every later
@@ -254,14 +261,24 @@ def _cutoff(terms, gaps, m, stop, ties, reach, squarings):
     low_rest = _squared(terms[1], squarings)
     low_first = _squared(terms[ties], squarings) * gaps[ties] if ties < m else 0.0
     lo, hi = 1, stop
+    # The test only turns true as K grows (the bound (m - K) terms[K] shrinks with K: a term
+    # exceeds the one before by at most a few ulps, far less than the factor (m - K) / (m - K - 1)),
+    # so where it fails at the last key the bisection would end at ``stop``: one test, not log2(m),
+    # for the levels of small beta, which keep every key.
+    if lo < hi and not _negligible(terms, m, hi - 1, squarings, reach, low_rest, low_first):
+        return hi
     while lo < hi:
         mid = (lo + hi) // 2
-        tail = (m - mid) * _squared(terms[mid], squarings)
-        if tail <= _TAIL * low_rest and tail * reach <= _TAIL * low_first:
+        if _negligible(terms, m, mid, squarings, reach, low_rest, low_first):
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def _shuffle(builder, first, second, indices):
+    """LLVM's ``shufflevector``: the lanes ``indices`` of ``first`` and ``second`` end to end."""
+    return builder.shuffle_vector(first, second, ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices))
 
 
 @intrinsic(prefer_literal=True)
@@ -272,35 +289,65 @@ def _lane_pass(typingctx, terms, gaps, start, end, lanes, levels, square):
     ``l < levels`` (a literal); the terms become their ``2**levels``-th powers when ``square``.
     Vector adds and multiplies without fast-math flags round each lane as the scalar code does,
     so the sums are those of four scalar lanes; numba leaves LLVM's SLP vectoriser off, and the
-    loop vectoriser cannot keep lanes in a fixed order, hence the explicit vectors."""
+    loop vectoriser cannot keep lanes in a fixed order, hence the explicit vectors.
+
+    An even number of levels goes in pairs, levels ``l, l + 1`` side by side in 8-wide vectors
+    ``[t, t**2]`` (squared twice for the next pair): each lane does the scalar code's operations
+    on the same values, with a third fewer instructions (0.85 us, not 1.0, for a pass of four
+    levels over 4096 keys, on AVX-512 and on AVX2 alike; three levels in a pair and one alone ran
+    slower, so odd counts keep one vector per level)."""
     if not (_contiguous_doubles(terms, gaps, lanes) and isinstance(levels, types.IntegerLiteral)):
         return None  # a typing error
     count = levels.literal_value
+    pairs = count // 2 if count % 2 == 0 else 0
 
     def codegen(context, builder, signature, args):
         terms_arg, gaps_arg, start_arg, end_arg, lanes_arg, _, square_arg = args
         vector = ir.VectorType(ir.DoubleType(), 4)
         terms_data, gaps_data, lanes_data = (_data(context, builder, signature.args[i], arg)
                                              for i, arg in ((0, terms_arg), (1, gaps_arg), (4, lanes_arg)))
+        intp = start_arg.type
+        low, high, whole = list(range(4)), list(range(4, 8)), list(range(8))
 
         def at(pointer, index):
             return _vector_at(builder, pointer, index, vector)
 
-        intp = start_arg.type
-        slots = [cgutils.alloca_once_value(builder, builder.load(at(lanes_data, ir.Constant(intp, 4 * j)), align=8))
-                 for j in range(2 * count)]
+        def lane(j):  # lanes[4 j : 4 j + 4]: level l's sums are lanes 2 l and 2 l + 1
+            return at(lanes_data, ir.Constant(intp, 4 * j))
+
+        wide = [cgutils.alloca_once_value(builder, _shuffle(builder, builder.load(lane(4 * p + s), align=8),
+                                                            builder.load(lane(4 * p + 2 + s), align=8), whole))
+                for p in range(pairs) for s in (0, 1)]
+        slots = [cgutils.alloca_once_value(builder, builder.load(lane(j), align=8)) for j in range(4 * pairs, 2 * count)]
         with cgutils.for_range_slice(builder, start_arg, end_arg, ir.Constant(intp, 4), intp) as (k, _):
             term = builder.load(at(terms_data, k), align=8)
             gap = builder.load(at(gaps_data, k), align=8)
-            for level in range(count):
+            if pairs:
+                gaps_twice = _shuffle(builder, gap, gap, low + low)
+                pair = _shuffle(builder, term, builder.fmul(term, term), whole)
+                for p in range(pairs):
+                    if p:
+                        pair = builder.fmul(pair, pair)
+                        pair = builder.fmul(pair, pair)
+                    rest, first = wide[2 * p], wide[2 * p + 1]
+                    builder.store(builder.fadd(builder.load(rest), pair), rest)
+                    builder.store(builder.fadd(builder.load(first), builder.fmul(pair, gaps_twice)), first)
+                term = _shuffle(builder, pair, pair, high)
+                term = builder.fmul(term, term)
+            for level in range(len(slots) // 2):  # the levels not in pairs
                 rest, first = slots[2 * level], slots[2 * level + 1]
                 builder.store(builder.fadd(builder.load(rest), term), rest)
                 builder.store(builder.fadd(builder.load(first), builder.fmul(term, gap)), first)
                 term = builder.fmul(term, term)
             with builder.if_then(square_arg):
                 builder.store(term, at(terms_data, k), align=8)
-        for j, slot in enumerate(slots):
-            builder.store(builder.load(slot), at(lanes_data, ir.Constant(intp, 4 * j)), align=8)
+        for p in range(pairs):
+            for s in (0, 1):
+                value = builder.load(wide[2 * p + s])
+                builder.store(_shuffle(builder, value, value, low), lane(4 * p + s), align=8)
+                builder.store(_shuffle(builder, value, value, high), lane(4 * p + 2 + s), align=8)
+        for j, slot in zip(range(4 * pairs, 2 * count), slots):
+            builder.store(builder.load(slot), lane(j), align=8)
         return context.get_dummy_value()
 
     return types.none(terms, gaps, start, end, lanes, levels, square), codegen
