@@ -11,7 +11,8 @@ the same).  Per row, in this order and only from the row itself:
 * ``N(t)`` by binary search;
 * the Laplace envelope ``S(beta) = max_k (log N(D_(k)) - beta D_(k))`` from the upper concave
   hull of the points ``(D_(k), log N(D_(k)))``: the maximiser moves left along the hull as beta
-  grows, so one hull pass and one walk serve every beta of a grid, with no exponential at all;
+  grows, so one hull pass and one walk serve every beta of a grid, with no exponential at all
+  (the hulls of four rows are built together, in steps without a branch);
 * the softmax responses from ``Z`` and ``Z' = sum exp(-beta D) D``: for each chain of a grid
   (``beta, 2 beta, 4 beta, ...``) one exponential per key at the chain's first beta (an inlined
   ``exp`` the compiler vectorises), then the sums of each level over the keys, the terms of a
@@ -19,12 +20,12 @@ the same).  Per row, in this order and only from the row itself:
   level sums only as far as the terms left can change its sums (relative ``2**-56``), and the
   next level no further.  One pass over the keys serves four levels (their sums are independent,
   so the pass runs at the throughput of the adds, not their latency: 1.5x the whole kernel at
-  ``n = 4096``), in explicit 4-wide vectors.
+  ``n = 4096``), in explicit vectors (:mod:`critscale.vector_intrinsics`).
 
 Every sum runs over the row's keys in an order fixed by this code (four interleaved lanes, then
 the rest in key order; no ``fastmath`` reassociation), so a row's result does not depend on the
 rows beside it, the memory alignment, the chunking, the scheduler or the number of cores.  Rows
-run one after another: the Dask stage runs blocks in parallel, and a ``prange`` inside its tasks
+run in one thread: the Dask stage runs blocks in parallel, and a ``prange`` inside its tasks
 would oversubscribe the cores (numba's default threading layer is not even safe to call from
 several threads at once).
 
@@ -38,80 +39,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from .vector_intrinsics import SHIFT, lane_passes, largest, power_of_two
 
 # A level of a chain stops once the sum of every term left is below this fraction of its sums.
 _TAIL = 2.0**-56
-_GROUP = 4  # levels of a chain summed in one pass over the keys (the branches of _lane_passes)
+_GROUP = 4  # levels of a chain summed in one pass over the keys (the branches of lane_passes)
+_HULL_ROWS = 4  # rows whose hulls are built together (written out four times in _upper_hulls)
 _EXP_LOW = -708.0  # below it 2**n of the inlined exp would leave the normal range
 # exp(x) = 2**n exp(r), x = n log 2 + r: Cody-Waite split of log 2 (n * _LN2_HI is exact) and the
 # Taylor series of exp(r) to degree 13 (truncation below 1e-17 for |r| <= log(2) / 2).
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
-_SHIFT = 6755399441055744.0  # 1.5 * 2**52
-_SHIFT_BITS = int(np.array([_SHIFT]).view(np.int64)[0])
 _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = (1.0 / math.factorial(i) for i in range(1, 14))
 
 
-def _contiguous_doubles(*arrays) -> bool:
-    """Whether every argument type is a C-contiguous float64 array, as the vectors of the
-    intrinsics below need: they address the arrays' data directly."""
-    return all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.float64 for a in arrays)
-
-
-def _data(context, builder, array_type, array):
-    """The data pointer of a numba array value."""
-    return cgutils.create_struct_proxy(array_type)(context, builder, value=array).data
-
-
-def _vector_at(builder, pointer, index, vector):
-    """``pointer + index`` as a pointer to ``vector``."""
-    return builder.bitcast(builder.gep(pointer, [index]), vector.as_pointer())
-
-
-@intrinsic
-def _vector_max(typingctx, values, end):
-    """``max(values[:end])`` for ``end`` a multiple of 8 (``-inf`` if 0), eight keys per vector
-    compare: a maximum is exact in any order.  numba leaves a running maximum scalar (LLVM
-    vectorises it only with fast-math attributes on the whole function), hence the vectors."""
-    if not _contiguous_doubles(values):
-        return None  # a typing error
-
-    def codegen(context, builder, signature, args):
-        values_arg, end_arg = args
-        vector = ir.VectorType(ir.DoubleType(), 8)
-        data = _data(context, builder, signature.args[0], values_arg)
-        intp = end_arg.type
-        best = cgutils.alloca_once_value(builder, ir.Constant(vector, [-math.inf] * 8))
-        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), end_arg, ir.Constant(intp, 8), intp) as (k, _):
-            key = builder.load(_vector_at(builder, data, k, vector), align=8)
-            current = builder.load(best)
-            builder.store(builder.select(builder.fcmp_ordered(">", key, current), key, current), best)
-        lanes = builder.load(best)
-        result = builder.extract_element(lanes, ir.Constant(ir.IntType(32), 0))
-        for lane in range(1, 8):
-            key = builder.extract_element(lanes, ir.Constant(ir.IntType(32), lane))
-            result = builder.select(builder.fcmp_ordered(">", key, result), key, result)
-        return result
-
-    return types.float64(values, end), codegen
-
-
-@njit(cache=True, nogil=True)
-def _largest(values):
-    """``max(values)`` (``-inf`` if empty), 8 keys at a time."""
-    end = len(values) - len(values) % 8
-    best = _vector_max(values, end)
-    for k in range(end, len(values)):
-        best = max(best, values[k])
-    return best
-
-
-# IEEE division (the gaps divided are > 0): without a zero check per key the loops vectorise.
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scalars(gaps, m, log_count, resolutions, resolved, inverse, values):
     """Scalars of one row and its resolved scales (into ``resolved``); returns the scalars
@@ -132,7 +76,7 @@ def _scalars(gaps, m, log_count, resolutions, resolved, inverse, values):
     for k in range(len(positive)):
         ratios[k] = count[k] / positive[k]
         inverse[k] = 1.0 / positive[k]
-    scale = _largest(ratios)
+    scale = largest(ratios)
     contact = m - 1
     while contact > ties and ratios[contact - ties] != scale:  # the sup is attained at its largest gap
         contact -= 1
@@ -149,7 +93,7 @@ def _scalars(gaps, m, log_count, resolutions, resolved, inverse, values):
         for k in range(len(rest)):
             excess = rest_count[k] - resolutions[i]
             rest[k] = excess * rest_inverse[k] if excess > 0.0 else 0.0
-        resolved[i] = max(_largest(ratios), 0.0)
+        resolved[i] = max(largest(ratios), 0.0)
     log_ties = np.log(max(ties, 1))
     for i in range(len(resolutions)):
         if log_ties > resolutions[i]:
@@ -162,30 +106,53 @@ def _scalars(gaps, m, log_count, resolutions, resolved, inverse, values):
     return ties, scale, gaps[contact], entropy / np.log(m), entropy
 
 
+_ONE, _TWO = np.uint64(1), np.uint64(2)  # unsigned indices: numba adds no negative-index wraparound
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hull_step(gaps, log_count, hull_x, hull_y, k, end, top, start):
+    """One step of the monotone chain of one row, without a branch: drop the last point of the
+    stack while it is not strictly above the segment from the point below it to key ``k``, else
+    push key ``k`` (unless the next gap ties with it: of tied gaps only the last, with the largest
+    count, can be on the hull) and go on to the next key.  ``k``, ``end`` and ``start`` index the
+    flat gaps (the row's keys are ``start <= k < end``), ``top`` the stack's next free slot.  Two
+    NaN points under each stack make every test on them false, so no test needs the stack's size;
+    the tests are the plain chain's, in its order.  Returns the next ``k`` and ``top``."""
+    active = k < end
+    j = k if active else start  # a row that is done reads its first key again (in bounds)
+    x, y = gaps[j], log_count[j - start]
+    tied = (k + _ONE < end) & (gaps[j + _ONE] == x)
+    ax, ay, lx, ly = hull_x[top - _TWO], hull_y[top - _TWO], hull_x[top - _ONE], hull_y[top - _ONE]
+    drop = active & ~tied & ((ly - ay) * (x - ax) <= (y - ay) * (lx - ax))
+    push = active & ~tied & ~drop
+    hull_x[top] = x  # a free slot: harmless unless pushed
+    hull_y[top] = y
+    return k + np.uint64(active & ~drop), top + np.uint64(push) - np.uint64(drop)
+
+
 @njit(cache=True, nogil=True)
-def _upper_hull(gaps, m, log_count, hull_x, hull_y):
-    """Points of the upper concave hull of ``(D_(k), log N(D_(k)))`` into ``hull_x``, ``hull_y``
-    (copies: the comparisons read them directly, not through indices); returns its length.  Of
-    tied gaps only the last (largest count) can be on it."""
-    # The last two points stay in registers (the same comparisons in the same order as with
-    # loads from the arrays), so the chain of pops waits on no store and reload.
-    size = 0
-    ax = ay = lx = ly = 0.0  # points size - 2 and size - 1
-    for k in range(m):
-        if k + 1 < m and gaps[k + 1] == gaps[k]:
-            continue
-        x, y = gaps[k], log_count[k]
-        # drop the last point while it is not strictly above the segment from a to the new point
-        while size >= 2 and (ly - ay) * (x - ax) <= (y - ay) * (lx - ax):
-            size -= 1
-            lx, ly = ax, ay
-            if size >= 2:
-                ax, ay = hull_x[size - 2], hull_y[size - 2]
-        hull_x[size] = x
-        hull_y[size] = y
-        ax, ay, lx, ly = lx, ly, x, y
-        size += 1
-    return size
+def _upper_hulls(gaps, keys, log_count, hull_x, hull_y, sizes):
+    """Upper concave hulls of ``(D_(k), log N(D_(k)))`` of four rows at once: row ``r``'s gaps are
+    ``gaps[r, :keys[r]]`` (rows of ``width + 2`` values, +inf after the keys), its hull goes to
+    ``hull_x[r, 2 : 2 + sizes[r]]``, ``hull_y[r, ...]``.  Each step waits on the one before, and a
+    branch on each test mispredicts about every other key (29 us of a row of 4096 keys on an EPYC
+    with AVX-512); four independent rows in branch-free steps keep the core busy: 15 us a row."""
+    row_gaps_, row_stack = np.uint64(gaps.shape[1]), np.uint64(hull_x.shape[1])
+    flat_gaps, flat_x, flat_y = gaps.ravel(), hull_x.ravel(), hull_y.ravel()
+    hull_x[:, :2] = np.nan
+    hull_y[:, :2] = np.nan
+    s0, s1, s2, s3 = np.uint64(0), row_gaps_, _TWO * row_gaps_, np.uint64(3) * row_gaps_
+    e0, e1, e2, e3 = s0 + np.uint64(keys[0]), s1 + np.uint64(keys[1]), s2 + np.uint64(keys[2]), s3 + np.uint64(keys[3])
+    k0, k1, k2, k3 = s0, s1, s2, s3
+    t0, t1, t2, t3 = _TWO, row_stack + _TWO, _TWO * row_stack + _TWO, np.uint64(3) * row_stack + _TWO
+    # Four rows by hand, not a loop over arrays of their states: those stay in memory (26 us a row).
+    while (k0 < e0) | (k1 < e1) | (k2 < e2) | (k3 < e3):
+        k0, t0 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k0, e0, t0, s0)
+        k1, t1 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k1, e1, t1, s1)
+        k2, t2 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k2, e2, t2, s2)
+        k3, t3 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k3, e3, t3, s3)
+    for r, top in enumerate((t0, t1, t2, t3)):
+        sizes[r] = top - np.uint64(r) * row_stack - _TWO
 
 
 @njit(cache=True, nogil=True)
@@ -201,22 +168,6 @@ def _envelope(hull_x, hull_y, size, betas, order, out, at, stride):
         out[at + 4 * stride + b] = hull_y[j] - beta * hull_x[j]
 
 
-@intrinsic
-def _power_of_two(typingctx, shifted):
-    """``2**n`` from ``shifted = n + 1.5 * 2**52`` (``n`` in its low bits, ``-1022 <= n <= 1023``),
-    by integer arithmetic on its bits: numba has no scalar bit cast, and with one the whole
-    exponential stays one loop the compiler vectorises."""
-    if shifted != types.float64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        int64 = ir.IntType(64)
-        bits = builder.add(builder.bitcast(args[0], int64), ir.Constant(int64, 1023 - _SHIFT_BITS))
-        return builder.bitcast(builder.shl(bits, ir.Constant(int64, 52)), ir.DoubleType())
-
-    return types.float64(shifted), codegen
-
-
 @njit(cache=True, nogil=True)
 def _exp_neg(beta, gaps, stop, terms):
     """``terms[k] = exp(-beta D_(k))`` for ``k < stop`` within 1 ulp, in a loop the compiler
@@ -226,12 +177,12 @@ def _exp_neg(beta, gaps, stop, terms):
     but not in the weighted sum when its true value is itself subnormal and beta near 1e306."""
     for k in range(stop):
         x = max(-beta * gaps[k], _EXP_LOW)
-        shifted = x * _LOG2E + _SHIFT  # rounds x / log 2 to the integer held in its low bits
-        n = shifted - _SHIFT
+        shifted = x * _LOG2E + SHIFT  # rounds x / log 2 to the integer held in its low bits
+        n = shifted - SHIFT
         r = (x - n * _LN2_HI) - n * _LN2_LO  # |r| <= log(2) / 2
         p = ((((_C13 * r + _C12) * r + _C11) * r + _C10) * r + _C9) * r + _C8
         p = ((((((p * r + _C7) * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2) * r + _C1
-        terms[k] = (p * r + 1.0) * _power_of_two(shifted)
+        terms[k] = (p * r + 1.0) * power_of_two(shifted)
     k = stop
     while k > 0 and -beta * gaps[k - 1] < _EXP_LOW:
         k -= 1
@@ -276,98 +227,6 @@ def _cutoff(terms, gaps, m, stop, ties, reach, squarings):
     return lo
 
 
-def _shuffle(builder, first, second, indices):
-    """LLVM's ``shufflevector``: the lanes ``indices`` of ``first`` and ``second`` end to end."""
-    return builder.shuffle_vector(first, second, ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices))
-
-
-@intrinsic(prefer_literal=True)
-def _lane_pass(typingctx, terms, gaps, start, end, lanes, levels, square):
-    """For keys ``start <= k < end`` (multiples of 4), four at a time in one vector: add the
-    terms to the four lanes of ``lanes[8 l : 8 l + 4]`` and the terms times the gaps to
-    ``lanes[8 l + 4 : 8 l + 8]``, squaring the terms from level ``l`` to ``l + 1``, for
-    ``l < levels`` (a literal); the terms become their ``2**levels``-th powers when ``square``.
-    Vector adds and multiplies without fast-math flags round each lane as the scalar code does,
-    so the sums are those of four scalar lanes; numba leaves LLVM's SLP vectoriser off, and the
-    loop vectoriser cannot keep lanes in a fixed order, hence the explicit vectors.
-
-    An even number of levels goes in pairs, levels ``l, l + 1`` side by side in 8-wide vectors
-    ``[t, t**2]`` (squared twice for the next pair): each lane does the scalar code's operations
-    on the same values, with a third fewer instructions (0.85 us, not 1.0, for a pass of four
-    levels over 4096 keys, on AVX-512 and on AVX2 alike; three levels in a pair and one alone ran
-    slower, so odd counts keep one vector per level)."""
-    if not (_contiguous_doubles(terms, gaps, lanes) and isinstance(levels, types.IntegerLiteral)):
-        return None  # a typing error
-    count = levels.literal_value
-    pairs = count // 2 if count % 2 == 0 else 0
-
-    def codegen(context, builder, signature, args):
-        terms_arg, gaps_arg, start_arg, end_arg, lanes_arg, _, square_arg = args
-        vector = ir.VectorType(ir.DoubleType(), 4)
-        terms_data, gaps_data, lanes_data = (_data(context, builder, signature.args[i], arg)
-                                             for i, arg in ((0, terms_arg), (1, gaps_arg), (4, lanes_arg)))
-        intp = start_arg.type
-        low, high, whole = list(range(4)), list(range(4, 8)), list(range(8))
-
-        def at(pointer, index):
-            return _vector_at(builder, pointer, index, vector)
-
-        def lane(j):  # lanes[4 j : 4 j + 4]: level l's sums are lanes 2 l and 2 l + 1
-            return at(lanes_data, ir.Constant(intp, 4 * j))
-
-        wide = [cgutils.alloca_once_value(builder, _shuffle(builder, builder.load(lane(4 * p + s), align=8),
-                                                            builder.load(lane(4 * p + 2 + s), align=8), whole))
-                for p in range(pairs) for s in (0, 1)]
-        slots = [cgutils.alloca_once_value(builder, builder.load(lane(j), align=8)) for j in range(4 * pairs, 2 * count)]
-        with cgutils.for_range_slice(builder, start_arg, end_arg, ir.Constant(intp, 4), intp) as (k, _):
-            term = builder.load(at(terms_data, k), align=8)
-            gap = builder.load(at(gaps_data, k), align=8)
-            if pairs:
-                gaps_twice = _shuffle(builder, gap, gap, low + low)
-                pair = _shuffle(builder, term, builder.fmul(term, term), whole)
-                for p in range(pairs):
-                    if p:
-                        pair = builder.fmul(pair, pair)
-                        pair = builder.fmul(pair, pair)
-                    rest, first = wide[2 * p], wide[2 * p + 1]
-                    builder.store(builder.fadd(builder.load(rest), pair), rest)
-                    builder.store(builder.fadd(builder.load(first), builder.fmul(pair, gaps_twice)), first)
-                term = _shuffle(builder, pair, pair, high)
-                term = builder.fmul(term, term)
-            for level in range(len(slots) // 2):  # the levels not in pairs
-                rest, first = slots[2 * level], slots[2 * level + 1]
-                builder.store(builder.fadd(builder.load(rest), term), rest)
-                builder.store(builder.fadd(builder.load(first), builder.fmul(term, gap)), first)
-                term = builder.fmul(term, term)
-            with builder.if_then(square_arg):
-                builder.store(term, at(terms_data, k), align=8)
-        for p in range(pairs):
-            for s in (0, 1):
-                value = builder.load(wide[2 * p + s])
-                builder.store(_shuffle(builder, value, value, low), lane(4 * p + s), align=8)
-                builder.store(_shuffle(builder, value, value, high), lane(4 * p + 2 + s), align=8)
-        for j, slot in zip(range(4 * pairs, 2 * count), slots):
-            builder.store(builder.load(slot), lane(j), align=8)
-        return context.get_dummy_value()
-
-    return types.none(terms, gaps, start, end, lanes, levels, square), codegen
-
-
-@njit(cache=True, nogil=True)
-def _lane_passes(terms, gaps, start, end, lanes, levels, square):
-    """:func:`_lane_pass` with a run-time number of levels, 1 to ``_GROUP``."""
-    if levels == 4:
-        _lane_pass(terms, gaps, start, end, lanes, 4, square)
-    elif levels == 3:
-        _lane_pass(terms, gaps, start, end, lanes, 3, square)
-    elif levels == 2:
-        _lane_pass(terms, gaps, start, end, lanes, 2, square)
-    elif levels == 1:
-        _lane_pass(terms, gaps, start, end, lanes, 1, square)
-    else:
-        raise ValueError("levels per lane pass must be 1 to 4")
-
-
 @njit(cache=True, nogil=True)
 def _group_sums(terms, gaps, stops, size, square, rest, first, lanes):
     """``rest[j], first[j]`` of ``size`` consecutive levels of a chain, the terms of level ``j``
@@ -380,7 +239,7 @@ def _group_sums(terms, gaps, stops, size, square, rest, first, lanes):
     start = 0
     for j in range(size - 1, -1, -1):  # keys that the lanes of levels 0..j reach
         end = stops[j] - stops[j] % 4
-        _lane_passes(terms, gaps, start, end, lanes, j + 1, square and j == size - 1)
+        lane_passes(terms, gaps, start, end, lanes, j + 1, square and j == size - 1)
         start = end
     for j in range(size):  # the last level last: its tail writes the terms
         lane = lanes[8 * j : 8 * j + 8]
@@ -474,13 +333,17 @@ def gaps_of_sorted(ascending, gaps, n_keys):
 def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nodes,
               rho, rho_order, rho_chains, rho_nodes, out):
     """Packed statistics (layout of :func:`critscale.gapstats.feature_layout`) of rows whose
-    scores are sorted ascending (``np.sort``); ``out`` must be filled with NaN."""
+    scores are sorted ascending (``np.sort``); ``out`` must be filled with NaN.  Rows go in groups
+    of :data:`_HULL_ROWS`, whose hulls are built together; every value depends on its row alone."""
     rows, width = ascending.shape
-    row = np.empty(max(width, 1))
+    gaps = np.empty((_HULL_ROWS, width + 2))  # a row's gaps, +inf after (the hull reads one past)
+    hull_x = np.empty((_HULL_ROWS, width + 2))
+    hull_y = np.empty((_HULL_ROWS, width + 2))
+    keys = np.zeros(_HULL_ROWS, dtype=np.int64)
+    sizes = np.empty(_HULL_ROWS, dtype=np.int64)
+    relative = np.empty(_HULL_ROWS)
     log_count = np.log(np.arange(1, width + 1).astype(np.float64))
     resolved = np.empty(len(resolutions))
-    hull_x = np.empty(max(width, 1))
-    hull_y = np.empty(max(width, 1))
     longest = max(np.diff(beta_chains).max() if len(beta) else 0, np.diff(rho_chains).max() if len(rho) else 0)
     rest = np.empty(max(longest, 1))
     first = np.empty(max(longest, 1))
@@ -492,24 +355,33 @@ def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nod
     at_r = at_t + len(t)
     at_beta = at_r + len(resolutions)
     at_rho = at_beta + 5 * len(beta)
-    for i in range(rows):
-        m = row_gaps(ascending[i], row)
-        ties, scale, contact_gap, exponent, entropy = _scalars(row, m, log_count, resolutions, resolved, terms, ratios)
-        o = out[i]
-        o[0] = m
-        o[1] = ties
-        o[2] = scale
-        o[3] = contact_gap
-        o[4] = exponent
-        o[5] = entropy
-        for j in range(len(t)):
-            o[at_t + j] = np.searchsorted(row[:m], t[j], side="right")
-        o[at_r : at_r + len(resolutions)] = resolved
-        if m == 0:
-            continue
-        relative = scale if np.isfinite(scale) else np.nan  # ties: relative beta undefined
-        _responses(row, m, ties, beta, 1.0, beta_chains, beta_nodes, rest, first, terms, stops, lanes, o, at_beta)
-        _responses(row, m, ties, rho, relative, rho_chains, rho_nodes, rest, first, terms, stops, lanes, o, at_rho)
-        size = _upper_hull(row, m, log_count, hull_x, hull_y)
-        _envelope(hull_x, hull_y, size, beta, beta_order, o, at_beta, len(beta))
-        _envelope(hull_x, hull_y, size, rho * relative, rho_order, o, at_rho, len(rho))
+    for group in range(0, rows, _HULL_ROWS):
+        keys[:] = 0
+        for r in range(min(_HULL_ROWS, rows - group)):
+            row = gaps[r]
+            m = row_gaps(ascending[group + r], row)
+            keys[r] = m
+            ties, scale, contact_gap, exponent, entropy = _scalars(row, m, log_count, resolutions, resolved, terms, ratios)
+            o = out[group + r]
+            o[0] = m
+            o[1] = ties
+            o[2] = scale
+            o[3] = contact_gap
+            o[4] = exponent
+            o[5] = entropy
+            for j in range(len(t)):
+                o[at_t + j] = np.searchsorted(row[:m], t[j], side="right")
+            o[at_r : at_r + len(resolutions)] = resolved
+            if m == 0:
+                continue
+            relative[r] = scale if np.isfinite(scale) else np.nan  # ties: relative beta undefined
+            _responses(row, m, ties, beta, 1.0, beta_chains, beta_nodes, rest, first, terms, stops, lanes, o, at_beta)
+            _responses(row, m, ties, rho, relative[r], rho_chains, rho_nodes, rest, first, terms, stops, lanes, o, at_rho)
+        _upper_hulls(gaps, keys, log_count, hull_x, hull_y, sizes)
+        for r in range(min(_HULL_ROWS, rows - group)):
+            if keys[r] == 0:
+                continue
+            o = out[group + r]
+            x, y = hull_x[r, 2:], hull_y[r, 2:]
+            _envelope(x, y, sizes[r], beta, beta_order, o, at_beta, len(beta))
+            _envelope(x, y, sizes[r], rho * relative[r], rho_order, o, at_rho, len(rho))
