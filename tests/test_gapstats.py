@@ -376,3 +376,54 @@ def test_scalars_are_the_running_maxima_bit_for_bit(n, tied, tiny, seed):
     assert resolved.tolist() == want_resolved
     if n >= 2 and ties < 2:
         assert scale == want_scale and contact_gap == gaps[want_contact]
+
+
+def upper_hull_by_plain_chain(gaps, log_count):
+    """Andrew's monotone chain in plain Python floats, one point at a time: of tied gaps the last
+    (largest count) only; pop the last point while it is not strictly above the segment from the
+    point below it to the new one."""
+    hull = []
+    for k, (x, y) in enumerate(zip(gaps.tolist(), log_count.tolist())):
+        if k + 1 < len(gaps) and gaps[k + 1] == gaps[k]:
+            continue
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (x - hull[-2][0]) <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0]):
+            hull.pop()
+        hull.append((x, y))
+    return hull
+
+
+def gaps_of_kind(kind, m, rng):
+    """``m`` sorted gaps from 0 of a kind that stresses the hull's tests."""
+    gaps = {"ties": lambda: rng.integers(0, 5, size=m).astype(float),
+            "on a line": lambda: np.log(np.arange(1, m + 1.0)),  # exactly the counts: every point collinear
+            "subnormal": lambda: rng.normal(size=m) ** 2 * 1e-310,
+            "rounded": lambda: np.round(rng.exponential(size=m), 2),
+            "cauchy": lambda: rng.standard_cauchy(size=m) ** 2}[kind]()
+    gaps = np.sort(gaps)
+    return gaps - gaps[0] if m else gaps
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    widths=st.lists(st.integers(0, 60), min_size=4, max_size=4),
+    kinds=st.lists(st.sampled_from(["ties", "on a line", "subnormal", "rounded", "cauchy"]), min_size=4, max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_hulls_of_four_rows_are_the_plain_chains_bit_for_bit(widths, kinds, seed):
+    """Four rows of any lengths (empty ones included) in branch-free steps give each row's plain
+    monotone chain, point for point and bit for bit: the same tests in the same order."""
+    from critscale import kernels
+
+    rng = np.random.default_rng(seed)
+    width = max(widths)
+    gaps = np.full((kernels._HULL_ROWS, width + 2), np.inf)
+    for r, (m, kind) in enumerate(zip(widths, kinds)):
+        gaps[r, :m] = gaps_of_kind(kind, m, rng)
+    log_count = np.log(np.arange(1, width + 1, dtype=np.float64))
+    hull_x, hull_y = np.empty((4, width + 2)), np.empty((4, width + 2))
+    sizes = np.empty(4, dtype=np.int64)
+    kernels._upper_hulls(gaps, np.array(widths, dtype=np.int64), log_count, hull_x, hull_y, sizes)
+    for r, m in enumerate(widths):
+        want = upper_hull_by_plain_chain(gaps[r, :m], log_count[:m])
+        got = list(zip(hull_x[r, 2 : 2 + sizes[r]].tolist(), hull_y[r, 2 : 2 + sizes[r]].tolist()))
+        assert got == want
