@@ -276,3 +276,30 @@ def test_exclude_first_keys_equals_masking_by_hand(scores_path, tmp_path, k):
 def test_exclude_first_keys_must_be_a_count(scores_path, tmp_path):
     with pytest.raises(ValueError, match="exclude_first_keys must be an integer >= 0"):
         stats_with(scores_path, tmp_path, "bad-skip", exclude_first_keys=-1)
+
+
+def store_files(path) -> dict:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_lazy_writes_make_the_files_xarray_makes(scores_path, tmp_path):
+    """The lazy write (metadata made in memory, written in one go; Dask targets named by path)
+    gives, file for file and byte for byte, what xarray's own ``to_zarr`` writes: a statistics
+    store (string, integer and float coordinates, per-row and quantile variables, attributes)
+    and an empty score store (metadata and coordinates only, its chunks never written)."""
+    import dask
+
+    stats = compute.gap_statistics(storage.open_store(scores_path, chunks=None), GRIDS)
+    stats.attrs["note"] = "written twice"
+    dask.compute(storage.write_dataset(stats, tmp_path / "lazy.zarr", compute=False), scheduler="threads", num_workers=2)
+    encoding = {name: {"compressors": storage.COMPRESSORS} for name, var in stats.data_vars.items() if var.dtype.kind in "biuf"}
+    with storage.quiet_consolidation():
+        storage.portable_strings(stats).to_zarr(tmp_path / "xarray.zarr", mode="w", consolidated=True, encoding=encoding, zarr_format=3)
+    lazy, own = store_files(tmp_path / "lazy.zarr"), store_files(tmp_path / "xarray.zarr")
+    assert lazy.pop(storage.MANIFEST) and lazy.keys() == own.keys()
+    assert [key for key in lazy if lazy[key] != own[key]] == []
+    storage.create_scores_store(tmp_path / "empty.zarr", units=["a"], n_ladder=[4, 8], sequence=np.arange(3), row_chunk=2, key_chunk=4)
+    empty = store_files(tmp_path / "empty.zarr")
+    assert all(key.endswith("zarr.json") or not key.startswith("scores/") for key in empty)
+    opened = storage.open_store(tmp_path / "empty.zarr")
+    assert opened.scores.shape == (1, 2, 3, 8) and np.isnan(opened.scores.values).all()

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dask
+import dask.array
 import fsspec
 import numpy as np
 import xarray as xr
@@ -230,12 +231,52 @@ def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict 
         if var.dtype.kind in "biuf":
             encoding.setdefault(name, {}).setdefault("compressors", COMPRESSORS)
     with quiet_consolidation():
-        write = portable_strings(ds).to_zarr(str(path), mode="w", consolidated=True, compute=compute, encoding=encoding, zarr_format=3)
-    if compute:
-        write_manifest(path)
-        return write
+        if compute:
+            write = portable_strings(ds).to_zarr(str(path), mode="w", consolidated=True, encoding=encoding, zarr_format=3)
+            write_manifest(path)
+            return write
+        write = _lazy_zarr_write(portable_strings(ds), path, encoding)
     # The store is complete only once the delayed write has run: the manifest comes after it.
     return dask.delayed(_manifest_after)(write, path)
+
+
+class _StoreTarget:
+    """A Zarr array as the target of a Dask store, named by its path: Dask walks a ``zarr.Array``
+    (a dataclass) field by field and tokenizes it by pickling, milliseconds per variable."""
+
+    __slots__ = ("array", "name")
+
+    def __init__(self, array, name: str):
+        self.array, self.name = array, name
+
+    def __setitem__(self, key, value):
+        self.array[key] = value
+
+    def __dask_tokenize__(self):
+        return ("zarr-target", self.name)
+
+
+def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict):
+    """``ds.to_zarr(path, mode="w", consolidated=True, compute=False, zarr_format=3)``, the same
+    files byte for byte, with the metadata and the in-memory variables made by xarray's own writer
+    in a Zarr memory store and then written as files in one go: through Zarr's asynchronous local
+    store xarray creates each array and then writes its attributes, about 3 ms per array (0.11-0.15 s
+    of a statistics store's 0.2 s fixed cost, against 0.05 s this way).  Returns the delayed
+    writes of the Dask-backed variables."""
+    from xarray.backends.common import ArrayWriter
+    from xarray.backends.writers import dump_to_store, get_writable_zarr_store
+
+    documents = {}
+    store = get_writable_zarr_store(zarr.storage.MemoryStore(documents), mode="w", consolidated=True, zarr_format=3)
+    writer = ArrayWriter()
+    dump_to_store(ds, store, writer, encoding=encoding)  # consolidates the metadata too
+    for key, document in documents.items():
+        file = path / key
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(document.to_bytes())
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=True)
+    targets = [_StoreTarget(group[target.path], f"{path.resolve()}/{target.path}") for target in writer.targets]
+    return dask.array.store(writer.sources, targets, lock=False, compute=False, regions=writer.regions)
 
 
 def _manifest_after(_written, path) -> None:
