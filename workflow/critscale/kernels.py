@@ -56,6 +56,7 @@ _LN2_LO = 1.90821492927058770002e-10
 _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = (1.0 / math.factorial(i) for i in range(1, 14))
 
 
+# IEEE division (the gaps divided are > 0): without a zero check per key the loops vectorise.
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scalars(gaps, m, log_count, resolutions, resolved, inverse, values):
     """Scalars of one row and its resolved scales (into ``resolved``); returns the scalars
@@ -137,14 +138,14 @@ def _upper_hulls(gaps, keys, log_count, hull_x, hull_y, sizes):
     ``hull_x[r, 2 : 2 + sizes[r]]``, ``hull_y[r, ...]``.  Each step waits on the one before, and a
     branch on each test mispredicts about every other key (29 us of a row of 4096 keys on an EPYC
     with AVX-512); four independent rows in branch-free steps keep the core busy: 15 us a row."""
-    row_gaps_, row_stack = np.uint64(gaps.shape[1]), np.uint64(hull_x.shape[1])
+    gaps_width, stack_width = np.uint64(gaps.shape[1]), np.uint64(hull_x.shape[1])
     flat_gaps, flat_x, flat_y = gaps.ravel(), hull_x.ravel(), hull_y.ravel()
     hull_x[:, :2] = np.nan
     hull_y[:, :2] = np.nan
-    s0, s1, s2, s3 = np.uint64(0), row_gaps_, _TWO * row_gaps_, np.uint64(3) * row_gaps_
+    s0, s1, s2, s3 = np.uint64(0), gaps_width, _TWO * gaps_width, np.uint64(3) * gaps_width
     e0, e1, e2, e3 = s0 + np.uint64(keys[0]), s1 + np.uint64(keys[1]), s2 + np.uint64(keys[2]), s3 + np.uint64(keys[3])
     k0, k1, k2, k3 = s0, s1, s2, s3
-    t0, t1, t2, t3 = _TWO, row_stack + _TWO, _TWO * row_stack + _TWO, np.uint64(3) * row_stack + _TWO
+    t0, t1, t2, t3 = _TWO, stack_width + _TWO, _TWO * stack_width + _TWO, np.uint64(3) * stack_width + _TWO
     # Four rows by hand, not a loop over arrays of their states: those stay in memory (26 us a row).
     while (k0 < e0) | (k1 < e1) | (k2 < e2) | (k3 < e3):
         k0, t0 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k0, e0, t0, s0)
@@ -152,7 +153,7 @@ def _upper_hulls(gaps, keys, log_count, hull_x, hull_y, sizes):
         k2, t2 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k2, e2, t2, s2)
         k3, t3 = _hull_step(flat_gaps, log_count, flat_x, flat_y, k3, e3, t3, s3)
     for r, top in enumerate((t0, t1, t2, t3)):
-        sizes[r] = top - np.uint64(r) * row_stack - _TWO
+        sizes[r] = top - np.uint64(r) * stack_width - _TWO
 
 
 @njit(cache=True, nogil=True)

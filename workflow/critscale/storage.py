@@ -230,12 +230,13 @@ def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict 
     for name, var in ds.data_vars.items():
         if var.dtype.kind in "biuf":
             encoding.setdefault(name, {}).setdefault("compressors", COMPRESSORS)
+    ds = portable_strings(ds)
     with quiet_consolidation():
         if compute:
-            write = portable_strings(ds).to_zarr(str(path), mode="w", consolidated=True, encoding=encoding, zarr_format=3)
+            write = ds.to_zarr(str(path), mode="w", consolidated=True, encoding=encoding, zarr_format=3)
             write_manifest(path)
             return write
-        write = _lazy_zarr_write(portable_strings(ds), path, encoding)
+        write = _lazy_zarr_write(ds, path, encoding)
     # The store is complete only once the delayed write has run: the manifest comes after it.
     return dask.delayed(_manifest_after)(write, path)
 

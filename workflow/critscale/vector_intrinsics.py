@@ -75,7 +75,6 @@ def largest(values):
     return best
 
 
-# IEEE division (the gaps divided are > 0): without a zero check per key the loops vectorise.
 @intrinsic
 def power_of_two(typingctx, shifted):
     """``2**n`` from ``shifted = n + 1.5 * 2**52`` (``n`` in its low bits, ``-1022 <= n <= 1023``),
