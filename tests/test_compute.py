@@ -303,3 +303,19 @@ def test_lazy_writes_make_the_files_xarray_makes(scores_path, tmp_path):
     assert all(key.endswith("zarr.json") or not key.startswith("scores/") for key in empty)
     opened = storage.open_store(tmp_path / "empty.zarr")
     assert opened.scores.shape == (1, 2, 3, 8) and np.isnan(opened.scores.values).all()
+
+
+def test_a_lazy_write_that_xarray_would_encode_is_an_error(tmp_path):
+    """The lazy write stores a Dask variable's values as they are, while a thread writes the
+    metadata: a variable xarray would encode (packed to int16 by ``scale_factor``) must fail the
+    write, not store unencoded values under metadata that says they are packed."""
+    import dask
+    import dask.array as da
+
+    ds = xr.Dataset({"x": ("i", da.arange(6.0, chunks=3))})
+    write = storage.write_dataset(ds, tmp_path / "packed.zarr", compute=False, encoding={"x": {"scale_factor": 0.5, "dtype": "int16", "_FillValue": -1}})
+    with pytest.raises(RuntimeError, match=r"encodes the values of \['x'\]"):
+        dask.compute(write, scheduler="threads", num_workers=2)
+    plain = storage.write_dataset(ds, tmp_path / "plain.zarr", compute=False)
+    dask.compute(plain, scheduler="processes", num_workers=2)  # targets pickled once the metadata is in
+    assert storage.open_store(tmp_path / "plain.zarr").x.values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
