@@ -82,19 +82,21 @@ def inverted_cdf_quantiles(values: np.ndarray, levels) -> np.ndarray:
 def row_quantiles(values: xr.DataArray, quantiles) -> xr.DataArray:
     """Quantiles over rows, ``inverted_cdf`` so that a quantile is always an observed value (and
     ``inf`` from ties never turns into NaN); missing rows (NaN) are left out.  Same values,
-    dimensions and coordinates as ``values.quantile(..., method="inverted_cdf")``."""
+    dimensions and coordinates as ``values.quantile(..., method="inverted_cdf")``, lazy (Dask, all
+    rows in one chunk).  Built on the Dask array itself: ``xr.apply_ufunc`` took 1.5 ms a variable,
+    a tenth of a statistics store's graph."""
     levels = [float(q) for q in quantiles]
-    out = xr.apply_ufunc(
-        inverted_cdf_quantiles,
-        values.chunk(row=-1),
-        kwargs={"levels": levels},
-        input_core_dims=[["row"]],
-        output_core_dims=[["quantile"]],
-        dask="parallelized",
-        dask_gufunc_kwargs={"output_sizes": {"quantile": len(levels)}},
-        output_dtypes=[values.dtype],
+    rows_last = values.chunk(row=-1).transpose(..., "row")
+    data = rows_last.data
+    picked = data.map_blocks(
+        inverted_cdf_quantiles, levels, chunks=data.chunks[:-1] + ((len(levels),),), dtype=values.dtype,
+        meta=np.empty((0,) * data.ndim, dtype=values.dtype),
     )
-    return out.assign_coords(quantile=levels).transpose("quantile", ...)
+    coords = {name: coord for name, coord in values.coords.items() if "row" not in coord.dims}
+    out = xr.DataArray(da.moveaxis(picked, -1, 0), dims=("quantile", *rows_last.dims[:-1]),
+                       coords=coords | {"quantile": levels})
+    out.name = values.name  # not the Dask array's name, which xarray would take
+    return out
 
 
 def block_shape(units: int, rows: int, n: int, row_chunk: int, block_elements: int,
