@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import rowsort
 from .kernels import fill_rows, gaps_of_sorted
 
 # Squarings allowed in a chain exp(-2^j beta D) = exp(-beta D)^(2^j): the relative error grows
@@ -170,7 +171,7 @@ def sorted_gaps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(gaps, n_keys)`` with ``gaps`` of shape ``(rows, keys)`` in float64.  Zero rows give
     empty results; zero keys give rows with no visible key (``n_keys = 0``).
     """
-    ascending = np.sort(_as_rows(scores), axis=1)
+    ascending = rowsort.ascending(_as_rows(scores))
     gaps = np.empty(ascending.shape)
     n_keys = np.empty(len(ascending), dtype=np.int64)
     gaps_of_sorted(ascending, gaps, n_keys)
@@ -237,7 +238,7 @@ def pack(scores: np.ndarray, grids: Grids) -> np.ndarray:
     This is the block function of the chunked stage: one array out keeps the Dask graph to one
     task per block.  The work is done by the compiled kernel :func:`critscale.kernels.fill_rows`.
     """
-    ascending = np.sort(_as_rows(scores), axis=1)
+    ascending = rowsort.ascending(_as_rows(scores))
     out = np.full((ascending.shape[0], grids.width), np.nan)
     fill_rows(ascending, grids.t, grids.resolutions, grids.beta, *grids.chains("beta"), grids.rho, *grids.chains("rho"), out)
     return out

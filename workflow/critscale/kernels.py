@@ -1,8 +1,8 @@
 """Compiled per-row kernel of :mod:`critscale.gapstats` (numba).
 
 One call fills the packed feature vectors of a batch of rows whose scores are sorted ascending
-(``np.sort``: float32 sorts twice as fast as float64 and the gaps are taken in float64 here all
-the same).  Per row, in this order and only from the row itself:
+(:func:`critscale.rowsort.ascending`: float32 sorts twice as fast as float64 and the gaps are
+taken in float64 here all the same).  Per row, in this order and only from the row itself:
 
 * the gaps ``D_(k)``, ascending, from the sorted scores;
 * ``N(0)``, ``Lambda`` with its contact index and every resolved scale ``Lambda^(r)``: every
@@ -309,14 +309,15 @@ def _responses(gaps, m, ties, grid, scale, chain_start, chain_nodes, rest, first
 @njit(cache=True, nogil=True)
 def row_gaps(ascending, gaps):
     """Gaps ``D_(k)`` of one row from its scores sorted ascending (``-inf`` first, NaN last, as
-    ``np.sort`` leaves them) into ``gaps[:m]``, ``+inf`` after; returns ``m``, the visible keys."""
+    :func:`critscale.rowsort.ascending` leaves them) into ``gaps[:m]``, ``+inf`` after; returns ``m``, the visible keys."""
     lo, hi = 0, len(ascending)
     while hi > 0 and np.isnan(ascending[hi - 1]):
         hi -= 1
     while lo < hi and ascending[lo] == -np.inf:
         lo += 1
     if hi > lo:
-        top = np.float64(ascending[hi - 1])
+        top = np.float64(ascending[hi - 1]) + 0.0  # -0.0 to +0.0: zero gaps of one sign, however
+        # a sort orders -0.0 and +0.0 (:mod:`critscale.rowsort`)
         for k in range(hi - lo):
             gaps[k] = top - np.float64(ascending[hi - 1 - k])
     gaps[hi - lo :] = np.inf
@@ -334,7 +335,7 @@ def gaps_of_sorted(ascending, gaps, n_keys):
 def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nodes,
               rho, rho_order, rho_chains, rho_nodes, out):
     """Packed statistics (layout of :func:`critscale.gapstats.feature_layout`) of rows whose
-    scores are sorted ascending (``np.sort``); ``out`` must be filled with NaN.  Rows go in groups
+    scores are sorted ascending (:func:`critscale.rowsort.ascending`); ``out`` must be filled with NaN.  Rows go in groups
     of :data:`_HULL_ROWS`, whose hulls are built together; every value depends on its row alone."""
     rows, width = ascending.shape
     gaps = np.empty((_HULL_ROWS, width + 2))  # a row's gaps, +inf after (the hull reads one past)
