@@ -5,7 +5,7 @@ numpy dispatches.  At 4096 float32 keys a row takes 16 us where numpy dispatches
 on a Zen 4 EPYC where it dispatches AVX-512, 2.8x its own AVX2 code on the same CPU: the
 partition step of the AVX-512 sort stores through ``vcompressps``, which Zen 4 runs in microcode.
 A least-significant-digit radix sort of the floats' bits (:func:`radix_sort_rows`, three passes
-of 11, 11 and 10 bits, scalar code) takes about 31 us a row there, whatever the SIMD level.
+of 11, 11 and 10 bits) takes about 18 us a row there, whatever the SIMD level.
 
 So rows of up to 512 keys, which ``np.sort`` sorts in registers (under 1 us a row), and every
 array that is not float32 go to ``np.sort``; longer float32 rows go to whichever of the two was
@@ -44,19 +44,27 @@ def _order_key(bits):
     return ~bits if bits & _SIGN else bits | _SIGN
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _float_bits(key):
+    """The float bits of an order key (:func:`_order_key` undone; NaN comes back as ``-nan``)."""
+    return key & _MAGNITUDE if key & _SIGN else ~key
+
+
 @njit(cache=True, nogil=True)
 def _radix_sort_row(bits, keys, spare, low, middle, high, out):
-    """One row: keys and the three digit histograms in one pass, their offsets, then three stable
-    scatters (low digit, middle, high), the last one turning keys back into float bits."""
+    """One row: its keys, the three digit histograms, their offsets, three stable scatters (low
+    digit, middle, high), then the keys back to float bits.  The two conversions are loops of
+    their own, which vectorise: inside the first histogram and the last scatter they made the sort
+    1.7x slower (30.6 against 18.1 us a row at 4096 keys)."""
+    for k in range(len(bits)):
+        keys[k] = _order_key(bits[k])
     low[:] = 0
     middle[:] = 0
     high[:] = 0
     for k in range(len(bits)):
-        key = _order_key(bits[k])
-        keys[k] = key
-        low[key & _DIGIT] += 1
-        middle[(key >> np.uint32(11)) & _DIGIT] += 1
-        high[key >> np.uint32(22)] += 1
+        low[keys[k] & _DIGIT] += 1
+        middle[(keys[k] >> np.uint32(11)) & _DIGIT] += 1
+        high[keys[k] >> np.uint32(22)] += 1
     at_low = at_middle = at_high = 0
     for d in range(len(low)):
         at_low, low[d] = at_low + low[d], at_low
@@ -73,8 +81,10 @@ def _radix_sort_row(bits, keys, spare, low, middle, high, out):
         middle[(key >> np.uint32(11)) & _DIGIT] += 1
     for k in range(len(bits)):
         key = keys[k]
-        out[high[key >> np.uint32(22)]] = key & _MAGNITUDE if key & _SIGN else ~key
+        spare[high[key >> np.uint32(22)]] = key
         high[key >> np.uint32(22)] += 1
+    for k in range(len(bits)):
+        out[k] = _float_bits(spare[k])
 
 
 @njit(cache=True, nogil=True)
