@@ -2,8 +2,8 @@
 
 ``np.sort`` is a vectorised quicksort whose speed depends on the CPU as much as on the SIMD level
 numpy dispatches.  At 4096 float32 keys a row takes 16 us where numpy dispatches AVX2, and 46 us
-on a Zen 4 EPYC where it dispatches AVX-512, 2.8x its own AVX2 code on the same CPU: the
-partition step of the AVX-512 sort stores through ``vcompressps``, which Zen 4 runs in microcode.
+on a Zen 4 EPYC where it dispatches AVX-512, 2.8x its own AVX2 code on the same CPU (most likely
+the partition step, whose compress-stores, ``vcompressps`` to memory, Zen 4 runs in microcode).
 A least-significant-digit radix sort of the floats' bits (:func:`radix_sort_rows`, three passes
 of 11, 11 and 10 bits) takes about 18 us a row there, whatever the SIMD level.
 
@@ -46,7 +46,7 @@ def _order_key(bits):
 
 @njit(cache=True, nogil=True, inline="always")
 def _float_bits(key):
-    """The float bits of an order key (:func:`_order_key` undone; NaN comes back as ``-nan``)."""
+    """The float bits of an order key (:func:`_order_key` undone; a NaN comes back as 0x7FFFFFFF)."""
     return key & _MAGNITUDE if key & _SIGN else ~key
 
 
