@@ -83,8 +83,8 @@ def row_quantiles(values: xr.DataArray, quantiles) -> xr.DataArray:
     """Quantiles over rows, ``inverted_cdf`` so that a quantile is always an observed value (and
     ``inf`` from ties never turns into NaN); missing rows (NaN) are left out.  Same values,
     dimensions and coordinates as ``values.quantile(..., method="inverted_cdf")``, lazy (Dask, all
-    rows in one chunk).  Built on the Dask array itself: ``xr.apply_ufunc`` took 1.5 ms a variable,
-    a tenth of a statistics store's graph."""
+    rows in one chunk).  Built on the Dask array itself: through ``xr.apply_ufunc`` the graph of a
+    variable took 1.7–2.3 ms, this way 1.0 ms (70 heads x 6 lengths x 128 rows x 43 betas)."""
     levels = [float(q) for q in quantiles]
     rows_last = values.chunk(row=-1).transpose(..., "row")
     data = rows_last.data

@@ -309,15 +309,17 @@ def _responses(gaps, m, ties, grid, scale, chain_start, chain_nodes, rest, first
 @njit(cache=True, nogil=True)
 def row_gaps(ascending, gaps):
     """Gaps ``D_(k)`` of one row from its scores sorted ascending (``-inf`` first, NaN last, as
-    :func:`critscale.rowsort.ascending` leaves them) into ``gaps[:m]``, ``+inf`` after; returns ``m``, the visible keys."""
+    :func:`critscale.rowsort.ascending` leaves them) into ``gaps[:m]``, ``+inf`` after; returns
+    ``m``, the visible keys."""
     lo, hi = 0, len(ascending)
     while hi > 0 and np.isnan(ascending[hi - 1]):
         hi -= 1
     while lo < hi and ascending[lo] == -np.inf:
         lo += 1
     if hi > lo:
-        top = np.float64(ascending[hi - 1]) + 0.0  # -0.0 to +0.0: zero gaps of one sign, however
-        # a sort orders -0.0 and +0.0 (:mod:`critscale.rowsort`)
+        # + 0.0 turns a largest score of -0.0 into +0.0: zero gaps then have one sign, however the
+        # sort ordered -0.0 and +0.0 (:mod:`critscale.rowsort`)
+        top = np.float64(ascending[hi - 1]) + 0.0
         for k in range(hi - lo):
             gaps[k] = top - np.float64(ascending[hi - 1 - k])
     gaps[hi - lo :] = np.inf
@@ -335,8 +337,9 @@ def gaps_of_sorted(ascending, gaps, n_keys):
 def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nodes,
               rho, rho_order, rho_chains, rho_nodes, out):
     """Packed statistics (layout of :func:`critscale.gapstats.feature_layout`) of rows whose
-    scores are sorted ascending (:func:`critscale.rowsort.ascending`); ``out`` must be filled with NaN.  Rows go in groups
-    of :data:`_HULL_ROWS`, whose hulls are built together; every value depends on its row alone."""
+    scores are sorted ascending (:func:`critscale.rowsort.ascending`); ``out`` must be filled with
+    NaN.  Rows go in groups of :data:`_HULL_ROWS`, whose hulls are built together; every value
+    depends on its row alone."""
     rows, width = ascending.shape
     gaps = np.empty((_HULL_ROWS, width + 2))  # a row's gaps, +inf after (the hull reads one past)
     hull_x = np.empty((_HULL_ROWS, width + 2))

@@ -125,6 +125,8 @@ def radix_is_faster(keys: int) -> bool:
     """Whether the radix sort beat ``np.sort`` on float32 rows of ``keys`` (rounded up to a power
     of two) on this CPU; measured at the first call for that length and remembered."""
     size = 1 << (keys - 1).bit_length()
+    if size in _radix_faster:  # every block of the stage asks: no lock once measured
+        return _radix_faster[size]
     with _measuring:  # one thread measures; the others wait for its answer, not time on its cores
         if size not in _radix_faster:
             rows = np.random.default_rng(0).normal(size=(max(2, _TIMED_ELEMENTS // size), size))
@@ -134,8 +136,11 @@ def radix_is_faster(keys: int) -> bool:
         return _radix_faster[size]
 
 
+_SORTS = {"radix": _radix, "np.sort": _numpy}
+
+
 def chosen_sort(keys: int, dtype=np.float32) -> str:
-    """``"radix"`` or ``"np.sort"``: the sort :func:`ascending` takes for rows of ``keys`` of
+    """The name (in :data:`_SORTS`) of the sort :func:`ascending` takes for rows of ``keys`` of
     ``dtype`` on this CPU."""
     if np.dtype(dtype) == np.float32 and keys > NETWORK_KEYS and radix_is_faster(keys):
         return "radix"
@@ -144,4 +149,4 @@ def chosen_sort(keys: int, dtype=np.float32) -> str:
 
 def ascending(rows: np.ndarray) -> np.ndarray:
     """``np.sort(rows, axis=1)`` of a 2-D float array, by the faster sort for its rows."""
-    return (_radix if chosen_sort(rows.shape[1], rows.dtype) == "radix" else _numpy)(rows)
+    return _SORTS[chosen_sort(rows.shape[1], rows.dtype)](rows)
