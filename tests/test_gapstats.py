@@ -6,6 +6,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from critscale import gapstats
 from critscale.gapstats import (
     RESPONSE_NAMES,
     Grids,
@@ -120,6 +121,16 @@ def test_results_do_not_depend_on_batching():
     pieces = [row_statistics(rows[i : i + 5], GRIDS) for i in range(0, 37, 5)]
     for name, value in whole.items():
         np.testing.assert_array_equal(value, np.concatenate([p[name] for p in pieces]), err_msg=name)
+
+
+@pytest.mark.parametrize("sorted_elements", [1, 700, 1500])  # 1, 2 and 5 rows a batch
+def test_pack_sorts_in_batches_of_any_size_to_the_same_bytes(monkeypatch, sorted_elements):
+    rows = np.random.default_rng(6).normal(size=(37, 300)).astype(np.float32)
+    rows[4] = np.nan
+    rows[9, :200] = -np.inf
+    whole = pack(rows, GRIDS)
+    monkeypatch.setattr(gapstats, "_SORTED_ELEMENTS", sorted_elements)
+    assert pack(rows, GRIDS).tobytes() == whole.tobytes()
 
 
 def test_octave_grid_doubles_exactly():

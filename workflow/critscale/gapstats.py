@@ -31,6 +31,10 @@ from .kernels import fill_rows, gaps_of_sorted
 # Squarings allowed in a chain exp(-2^j beta D) = exp(-beta D)^(2^j): the relative error grows
 # to about 2^(j+1) ulp, so 16 keeps it below 2e-11.
 _MAX_SQUARINGS = 16
+# Scores sorted at a time by pack() (1 MiB of float32): a sorted copy of a whole large input would
+# be fresh memory, whose first touch (and the kernel's compaction of huge pages) cost more than
+# the sort.
+_SORTED_ELEMENTS = 2**18
 
 #: Softmax-response quantities evaluated on each beta grid, in output order.
 RESPONSE_NAMES = ("free_energy", "entropy", "top_two_gap", "weight_spread", "laplace_envelope")
@@ -238,9 +242,13 @@ def pack(scores: np.ndarray, grids: Grids) -> np.ndarray:
     This is the block function of the chunked stage: one array out keeps the Dask graph to one
     task per block.  The work is done by the compiled kernel :func:`critscale.kernels.fill_rows`.
     """
-    ascending = rowsort.ascending(_as_rows(scores))
-    out = np.full((ascending.shape[0], grids.width), np.nan)
-    fill_rows(ascending, grids.t, grids.resolutions, grids.beta, *grids.chains("beta"), grids.rho, *grids.chains("rho"), out)
+    rows = _as_rows(scores)
+    out = np.full((rows.shape[0], grids.width), np.nan)
+    batch = max(1, _SORTED_ELEMENTS // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], batch):
+        ascending = rowsort.ascending(rows[start : start + batch])
+        fill_rows(ascending, grids.t, grids.resolutions, grids.beta, *grids.chains("beta"),
+                  grids.rho, *grids.chains("rho"), out[start : start + batch])
     return out
 
 
