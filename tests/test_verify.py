@@ -1,5 +1,6 @@
 """Checksum manifests of finished stores, and critscale-verify naming each damaged chunk."""
 
+import hashlib
 import json
 import shutil
 import tomllib
@@ -7,6 +8,7 @@ import zipfile
 from importlib import import_module
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,6 +46,17 @@ def test_write_dataset_records_every_chunk(tmp_path, delayed):
     assert sorted(key for key in recorded if "/c/" in key) == chunk_files(store)
     assert "zarr.json" in recorded and "a/zarr.json" in recorded
     assert verify.verify_store(store) == []
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_manifest_holds_the_sha256_of_each_file_hashed_in_any_number_of_threads(tmp_path, threads):
+    store = tmp_path / "s.zarr"
+    storage.write_dataset(small_dataset().chunk(unit=1), store)
+    files = sorted(p for p in store.rglob("*") if p.is_file() and p.name != storage.MANIFEST)
+    plain = {p.relative_to(store).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    filesystem = fsspec.filesystem("file")
+    assert storage.tree_checksums(filesystem, str(store), threads=threads) == plain
+    assert json.loads((store / storage.MANIFEST).read_text())["sha256"] == plain
 
 
 def test_region_written_store_gets_its_manifest_on_consolidate(tmp_path):

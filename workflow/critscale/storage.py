@@ -55,6 +55,7 @@ COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 #: Files of a store that are not its data: the manifest itself, and the marker Snakemake puts in
 #: every directory() output after its job.
 NOT_CHECKSUMMED = (MANIFEST, ".snakemake_timestamp")
+MANIFEST_THREADS = 2  # files of a store hashed at once when its manifest is written
 PROVENANCE_PACKAGES = (
     "critscale", "numpy", "scipy", "xarray", "zarr", "dask", "distributed", "statsmodels",
     "snakemake", "torch", "transformers",
@@ -337,21 +338,23 @@ def consolidate(path) -> None:
     write_manifest(path)
 
 
-def tree_checksums(filesystem, root: str) -> dict[str, str]:
+def tree_checksums(filesystem, root: str, threads: int = 1) -> dict[str, str]:
     """sha256 (hex) of every file under ``root`` of an fsspec filesystem but
-    :data:`NOT_CHECKSUMMED`, by its key relative to ``root``."""
+    :data:`NOT_CHECKSUMMED`, by its key relative to ``root``, hashed by ``threads`` threads
+    (sha256 releases the GIL)."""
     root = root.rstrip("/")
-    checksums = {}
-    for file in sorted(filesystem.find(root)):
-        key = file[len(root) :].lstrip("/")
-        if key not in NOT_CHECKSUMMED:
-            checksums[key] = hashlib.sha256(filesystem.cat_file(file)).hexdigest()
-    return checksums
+    keys = {file: file[len(root) :].lstrip("/") for file in sorted(filesystem.find(root))}
+    files = [file for file, key in keys.items() if key not in NOT_CHECKSUMMED]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests = pool.map(lambda file: hashlib.sha256(filesystem.cat_file(file)).hexdigest(), files)
+        return {keys[file]: digest for file, digest in zip(files, digests)}
 
 
 def write_manifest(path) -> None:
-    """Record the checksum of every file of the finished local store at ``path``."""
-    checksums = tree_checksums(fsspec.filesystem("file"), str(Path(path).resolve()))
+    """Record the checksum of every file of the finished local store at ``path``: in
+    :data:`MANIFEST_THREADS` threads, because the manifest is the stage's last, serial step
+    (a SmolLM2 statistics store, 527 MB: 0.23 s against 0.38 s in one thread)."""
+    checksums = tree_checksums(fsspec.filesystem("file"), str(Path(path).resolve()), threads=MANIFEST_THREADS)
     Path(path, MANIFEST).write_text(json.dumps({"sha256": checksums}, indent=0, sort_keys=True))
 
 
