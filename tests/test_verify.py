@@ -59,6 +59,26 @@ def test_manifest_holds_the_sha256_of_each_file_hashed_in_any_number_of_threads(
     assert json.loads((store / storage.MANIFEST).read_text())["sha256"] == plain
 
 
+def test_verify_hashes_a_local_store_in_the_manifests_threads_and_a_zip_bundle_in_one(tmp_path, monkeypatch):
+    store = tmp_path / "s.zarr"
+    storage.write_dataset(small_dataset().chunk(unit=1), store)
+    bundle = tmp_path / "s.zarr.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for file in sorted(p for p in store.rglob("*") if p.is_file()):
+            archive.write(file, file.relative_to(store).as_posix())
+    flip_byte(store / "a" / "c" / "1" / "0")
+    used = []
+
+    def recording(filesystem, root, threads=1):
+        used.append(threads)
+        return storage.tree_checksums(filesystem, root, threads)
+
+    monkeypatch.setattr(verify, "tree_checksums", recording)
+    assert [m.key for m in verify.verify_store(store)] == ["a/c/1/0"]
+    assert verify.verify_store(bundle) == []
+    assert used == [storage.MANIFEST_THREADS, 1] and storage.MANIFEST_THREADS > 1
+
+
 def test_region_written_store_gets_its_manifest_on_consolidate(tmp_path):
     store = tmp_path / "scores.zarr"
     storage.create_scores_store(store, units=["u"], n_ladder=[4, 8], sequence=np.arange(3))

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from .storage import MANIFEST, table_manifest, tree_checksums
+from .storage import MANIFEST, MANIFEST_THREADS, table_manifest, tree_checksums
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,14 @@ class Mismatch:
 
 
 def _open_tree(location: str, storage_options: dict | None):
-    """``(filesystem, root)`` of a store or bundle: zip file, local directory or fsspec URL."""
+    """``(filesystem, root, threads)`` of a store or bundle: zip file, local directory or fsspec
+    URL, and how many threads hash its files.  A local directory is hashed in
+    :data:`MANIFEST_THREADS` threads, as its manifest was written; a zip bundle (one file handle
+    shared under a lock) and remote filesystems (thread safety not checked) in one."""
     if location.endswith(".zip") and "::" not in location:
-        return fsspec.filesystem("zip", fo=location), ""
-    return fsspec.core.url_to_fs(location, **(storage_options or {}))
+        return fsspec.filesystem("zip", fo=location), "", 1
+    filesystem, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    return filesystem, root, MANIFEST_THREADS if isinstance(filesystem, LocalFileSystem) else 1
 
 
 def _differences(location: str, recorded: dict, found: dict) -> list[Mismatch]:
@@ -57,12 +62,12 @@ def _no_manifest(location: str) -> list[Mismatch]:
 
 
 def _check_tree(location: str, storage_options: dict | None) -> list[Mismatch]:
-    filesystem, root = _open_tree(location, storage_options)
+    filesystem, root, threads = _open_tree(location, storage_options)
     manifest_key = f"{root.rstrip('/')}/{MANIFEST}" if root else MANIFEST
     if not filesystem.exists(manifest_key):
         return _no_manifest(location)
     recorded = json.loads(filesystem.cat_file(manifest_key))["sha256"]
-    return _differences(location, recorded, tree_checksums(filesystem, root))
+    return _differences(location, recorded, tree_checksums(filesystem, root, threads))
 
 
 def verify_table(path) -> list[Mismatch]:
