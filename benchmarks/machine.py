@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 
 def _cpu_model() -> str:
@@ -36,17 +37,39 @@ def _numba_target() -> dict:
     return {"cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(), "threads": numba.config.NUMBA_NUM_THREADS}
 
 
-def describe() -> dict:
-    """CPU model, logical cores, numpy's SIMD level, numba's target and the thread settings."""
+def _first_touch(idle: float, mib: int = 64) -> dict:
+    """Milliseconds per MiB to fill freshly allocated memory at once after freeing as much (pages
+    the kernel recycles) and after ``idle`` seconds.  A virtual machine that reports free pages to
+    its host (virtio-balloon free page reporting) has handed them back by then, and each is faulted
+    in again: on the README's Firecracker host 1.5 against 0.12 ms/MiB, which moves any timing
+    whose memory or page cache comes fresh (a store written) by tenths of a second."""
+    import numpy as np
+
+    def fill() -> float:
+        start = time.perf_counter()
+        np.ones(mib * 2**17)  # float64: mib MiB, freed on return
+        return (time.perf_counter() - start) * 1e3 / mib
+
+    fill()
+    recycled = fill()
+    time.sleep(idle)
+    return {"recycled_ms_per_mib": recycled, "after_idle_ms_per_mib": fill(), "idle_seconds": idle}
+
+
+def describe(idle: float = 3.0) -> dict:
+    """CPU model, logical cores, numpy's SIMD level, numba's target, the thread settings and what
+    fresh memory costs (:func:`_first_touch` after ``idle`` seconds)."""
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "numpy_simd": _numpy_simd(), "numba": _numba_target(),
-            "threads_env": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if name in os.environ}}
+            "threads_env": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if name in os.environ},
+            "first_touch": _first_touch(idle)}
 
 
 def summary_line(machine: dict) -> str:
-    simd = machine["numpy_simd"]
+    simd, touch = machine["numpy_simd"], machine["first_touch"]
     return (f"machine: {machine['cpu']}, {machine['cores']} cores; numpy SIMD {simd['best']} "
             f"(AVX-512 {'yes' if simd['avx512'] else 'no'}); numba target {machine['numba']['cpu']}, "
-            f"{machine['numba']['threads']} threads")
+            f"{machine['numba']['threads']} threads; filling freed memory {touch['recycled_ms_per_mib']:.2f} ms/MiB "
+            f"at once, {touch['after_idle_ms_per_mib']:.2f} after {touch['idle_seconds']:.0f} s idle")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ def test_machine_description_names_cpu_simd_and_numba_target():
         from machine import describe, summary_line
     finally:
         sys.path.remove(str(BENCHMARKS))
-    machine = describe()
+    machine = describe(idle=0.1)
     assert machine["cores"] >= 1 and machine["cpu"]
+    touch = machine["first_touch"]
+    assert touch["recycled_ms_per_mib"] > 0 and touch["after_idle_ms_per_mib"] > 0 and touch["idle_seconds"] == 0.1
     assert machine["numpy_simd"]["best"] and isinstance(machine["numpy_simd"]["avx512"], bool)
     assert machine["numba"]["cpu"] and machine["numba"]["threads"] >= 1
     assert machine["numpy_simd"]["best"] in summary_line(machine)
