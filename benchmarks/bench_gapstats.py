@@ -193,6 +193,11 @@ def measure(n: int, rows: int, reference_rows: int, repeats: int) -> dict:
             "stage_fixed_seconds": fixed, "library_sort": rowsort.chosen_sort(n)}
 
 
+def best_stage(rates_n: dict[str, float]) -> float:
+    """The faster of the 1- and 2-thread stage rates."""
+    return max(rates_n["Dask stage Zarr -> Zarr, 1 thread(s)"], rates_n["Dask stage Zarr -> Zarr, 2 thread(s)"])
+
+
 def timed(function) -> float:
     start = time.perf_counter()
     function()
@@ -223,13 +228,11 @@ def main():
               f"{result['library_sort']} (the faster on this CPU; the fair baseline by np.sort)")
         for name, value in result["rates"].items():
             print(f"  {name:40s} {value:10.1f} rows/s   {value / fair:6.1f}x fair   (median {result['median_rates'][name]:10.1f})")
-        rates_n = result["rates"]
-        stage = max(rates_n["Dask stage Zarr -> Zarr, 1 thread(s)"], rates_n["Dask stage Zarr -> Zarr, 2 thread(s)"])
-        library = rates_n["library pack(), 1 thread"]
+        rates_n, medians_n = result["rates"], result["median_rates"]
+        stage, library = best_stage(rates_n), rates_n["library pack(), 1 thread"]
         print(f"  the library takes {rates_n[FLOOR] / library:.1f}x the floor's time")
-        medians_n = result["median_rates"]
-        median_stage = max(medians_n["Dask stage Zarr -> Zarr, 1 thread(s)"], medians_n["Dask stage Zarr -> Zarr, 2 thread(s)"])
-        print(f"  best stage / library: {stage / library:.2f}, in medians {median_stage / medians_n['library pack(), 1 thread']:.2f} (extraction's chunks: "
+        print(f"  best stage / library: {stage / library:.2f}, in medians "
+              f"{best_stage(medians_n) / medians_n['library pack(), 1 thread']:.2f} (extraction's chunks: "
               f"{rates_n[EXTRACTION_STAGE] / library:.2f}); per-store fixed cost "
               f"of the stage (a store of one row): {result['stage_fixed_seconds']:.2f} s")
         print(f"  largest difference from the reference (absolute for F, H, S; relative otherwise): "

@@ -40,9 +40,10 @@ def _numba_target() -> dict:
 def _first_touch(idle: float, mib: int = 64) -> dict:
     """Milliseconds per MiB to fill freshly allocated memory at once after freeing as much (pages
     the kernel recycles) and after ``idle`` seconds.  A virtual machine that reports free pages to
-    its host (virtio-balloon free page reporting) has handed them back by then, and each is faulted
-    in again: on the README's Firecracker host 1.5 against 0.12 ms/MiB, which moves any timing
-    whose memory or page cache comes fresh (a store written) by tenths of a second."""
+    its host (virtio-balloon free page reporting) may have handed them back by then, and each is
+    faulted in again: on the README's Firecracker host once 1.99 against 0.19 ms/MiB, at other
+    times no difference, which moves a timing whose memory or page cache comes fresh (a store
+    written) by up to tenths of a second."""
     import numpy as np
 
     def fill() -> float:
