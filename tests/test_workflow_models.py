@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiny_study import TINY, planned_jobs, snakemake
+from tiny_study import TINY, job_priorities, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,14 @@ def test_adding_a_model_then_a_corpus_runs_only_their_jobs(tmp_path, tiny_llama)
     snakemake(results=results)  # the families alone, finished
     model = {"tiny_llama": {"path": str(tiny_llama), "ladder": [32, 64, 128, 256]}}
     one = config_with(tmp_path, "one.yaml", model, [{"model": "tiny_llama", "corpora": ["shakespeare"]}])
-    jobs = planned_jobs(snakemake("-n", config=one, results=results))
+    run = snakemake("-n", config=one, results=results)
+    jobs = planned_jobs(run)
     assert jobs["model_scores"] == 1 and jobs["statistics"] == 1 and jobs["fit"] == 1, jobs
     assert "family_scores" not in jobs and "convert_gguf" not in jobs, jobs
+    # the forward, the long pole, goes before every other ready job
+    priorities = job_priorities(run)
+    others = set().union(*(found for rule, found in priorities.items() if rule != "model_scores"))
+    assert min(priorities["model_scores"]) > max(others), priorities
 
     snakemake(config=one, results=results)
     stats = results / "stats" / "tiny_llama__shakespeare.zarr"

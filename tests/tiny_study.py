@@ -47,6 +47,18 @@ def planned_jobs(run) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m.group(1) != "total"}
 
 
+def job_priorities(run) -> dict[str, set[int]]:
+    """Rule -> the priorities of its planned jobs, from the job blocks of a dry run (Snakemake
+    prints ``priority:`` only where it is not 0)."""
+    priorities: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            found = re.search(r"^\s+priority: (\d+)", block, re.M)
+            priorities.setdefault(rule.group(1), set()).add(int(found.group(1)) if found else 0)
+    return priorities
+
+
 #: What a checkout needs to run the workflow (copied by :func:`copy_study`).
 CHECKOUT = ("Snakefile", "config.yaml", "requirements.lock", "profiles", "workflow")
 
