@@ -119,6 +119,9 @@ def largest_difference(fast: dict, reference: list[dict]) -> float:
     return worst
 
 
+FAIR = "fair baseline (vectorised numpy)"
+LIBRARY = "library pack(), 1 thread"
+STAGES = {workers: f"Dask stage Zarr -> Zarr, {workers} thread(s)" for workers in (1, 2)}
 EXTRACTION_STAGE = "the same, 2 threads, extraction's chunks"
 FLOOR = "floor: read from Zarr + sort gaps"
 
@@ -171,10 +174,9 @@ def measure(n: int, rows: int, reference_rows: int, repeats: int) -> dict:
             )
 
         functions = {
-            "fair baseline (vectorised numpy)": lambda: fair_baseline(values),
-            "library pack(), 1 thread": lambda: pack(values, GRIDS),
-            "Dask stage Zarr -> Zarr, 1 thread(s)": stage(1),
-            "Dask stage Zarr -> Zarr, 2 thread(s)": stage(2),
+            FAIR: lambda: fair_baseline(values),
+            LIBRARY: lambda: pack(values, GRIDS),
+            **{name: stage(workers) for workers, name in STAGES.items()},
             EXTRACTION_STAGE: stage(2, "extraction.zarr"),
             FLOOR: lambda: floor(tmp / "scores.zarr"),
         }
@@ -195,7 +197,7 @@ def measure(n: int, rows: int, reference_rows: int, repeats: int) -> dict:
 
 def best_stage(rates_n: dict[str, float]) -> float:
     """The faster of the 1- and 2-thread stage rates."""
-    return max(rates_n["Dask stage Zarr -> Zarr, 1 thread(s)"], rates_n["Dask stage Zarr -> Zarr, 2 thread(s)"])
+    return max(rates_n[name] for name in STAGES.values())
 
 
 def timed(function) -> float:
@@ -223,16 +225,16 @@ def main():
         rows = max(args.elements // n, 2 * args.reference_rows)
         result = measure(n, rows, min(args.reference_rows, rows), args.repeats)
         report[n] = result
-        fair = result["rates"]["fair baseline (vectorised numpy)"]
+        fair = result["rates"][FAIR]
         print(f"\nn = {n}, {rows} Gaussian rows (float32 in the store); the library sorts rows by "
               f"{result['library_sort']} (the faster on this CPU; the fair baseline by np.sort)")
         for name, value in result["rates"].items():
             print(f"  {name:40s} {value:10.1f} rows/s   {value / fair:6.1f}x fair   (median {result['median_rates'][name]:10.1f})")
         rates_n, medians_n = result["rates"], result["median_rates"]
-        stage, library = best_stage(rates_n), rates_n["library pack(), 1 thread"]
+        stage, library = best_stage(rates_n), rates_n[LIBRARY]
         print(f"  the library takes {rates_n[FLOOR] / library:.1f}x the floor's time")
         print(f"  best stage / library: {stage / library:.2f}, in medians "
-              f"{best_stage(medians_n) / medians_n['library pack(), 1 thread']:.2f} (extraction's chunks: "
+              f"{best_stage(medians_n) / medians_n[LIBRARY]:.2f} (extraction's chunks: "
               f"{rates_n[EXTRACTION_STAGE] / library:.2f}); per-store fixed cost "
               f"of the stage (a store of one row): {result['stage_fixed_seconds']:.2f} s")
         print(f"  largest difference from the reference (absolute for F, H, S; relative otherwise): "
