@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -179,3 +180,37 @@ def test_a_changed_upstream_output_still_reruns_what_reads_it(study):
     fits.write_text(fits.read_text() + "\n")
     jobs = planned_jobs(dry_run(study))
     assert jobs.get("fit_table") == 1 and "fit" not in jobs and "statistics" not in jobs, jobs
+
+
+_EXP_NEG_OF_TWO_KEYS = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from critscale import kernels
+terms = np.empty(2)
+kernels._exp_neg(1.0, np.array([0.0, 0.5]), 2, terms)
+print(float(terms[1]), sum(kernels._exp_neg.stats.cache_hits.values()))
+"""
+
+
+def test_editing_an_intrinsic_makes_the_kernels_cached_machine_code_stale(tmp_path):
+    """numba would keep kernels.py's cached code after vector_intrinsics.py changed (it stamps a
+    cache by its own file only): power_of_two is inlined in _exp_neg, so doubling it must show."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(storage.PACKAGE_DIR, tmp_path / "critscale", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def exp_neg_half():
+        run = subprocess.run([sys.executable, "-c", _EXP_NEG_OF_TWO_KEYS, str(tmp_path)], capture_output=True,
+                             text=True, check=True, env=os.environ | {"NUMBA_CACHE_DIR": str(tmp_path / "cache")})
+        value, hits = run.stdout.split()
+        return float(value), int(hits)
+
+    assert exp_neg_half()[1] == 0 and exp_neg_half() == (pytest.approx(np.exp(-0.5), rel=1e-15), 1)  # compiled, then cached
+    intrinsics = tmp_path / "critscale" / "vector_intrinsics.py"
+    edited = intrinsics.read_text().replace("1023 - _SHIFT_BITS", "1024 - _SHIFT_BITS")  # 2**n becomes 2**(n + 1)
+    assert edited != intrinsics.read_text()
+    intrinsics.write_text(edited)
+    assert exp_neg_half() == (pytest.approx(2 * np.exp(-0.5), rel=1e-15), 0)

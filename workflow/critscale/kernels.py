@@ -31,16 +31,22 @@ several threads at once).
 
 Compiled once per machine: ``cache=True`` stores the machine code in ``__pycache__`` next to this
 file, or, when that folder is not writable (a read-only install), in numba's per-user cache
-(``NUMBA_CACHE_DIR`` chooses another place).
+(``NUMBA_CACHE_DIR`` chooses another place).  numba finds a cached function stale only when its own
+file changes, so this module adds :mod:`critscale.vector_intrinsics`, whose code its functions
+inline, to their caches' stamps (:func:`_stale_with`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
+from numba.core.dispatcher import Dispatcher
 
+from . import vector_intrinsics
 from .vector_intrinsics import SHIFT, lane_passes, largest, power_of_two
 
 # A level of a chain stops once the sum of every term left is below this fraction of its sums.
@@ -391,3 +397,19 @@ def fill_rows(ascending, t, resolutions, beta, beta_order, beta_chains, beta_nod
             x, y = hull_x[r, 2:], hull_y[r, 2:]
             _envelope(x, y, sizes[r], beta, beta_order, o, at_beta, len(beta))
             _envelope(x, y, sizes[r], rho * relative[r], rho_order, o, at_rho, len(rho))
+
+
+def _stale_with(*modules) -> None:
+    """Make the cached machine code of this module's functions stale when ``modules`` change, as
+    when this file does.  numba stamps a function's cache with its own file's time and size alone
+    (numba/numba#8396, unmerged): code inlined from another file stayed in it as it was compiled,
+    so an edited intrinsic ran as before (and a rule rerun for the new code wrote the old values).
+    numba has no public hook for it; the stamp is the one its cache index compares on load."""
+    digest = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in modules)).hexdigest()
+    for function in list(globals().values()):
+        index = getattr(getattr(function, "_cache", None), "_cache_file", None) if isinstance(function, Dispatcher) else None
+        if index is not None and function.py_func.__module__ == __name__:
+            index._source_stamp = (index._source_stamp, digest)
+
+
+_stale_with(vector_intrinsics)
