@@ -99,6 +99,7 @@ test-fast: debian-corpora $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_gapstats.py
+	$(BIN)/python benchmarks/bench_kernel_bound.py
 	$(BIN)/python benchmarks/bench_extraction.py
 	$(BIN)/python benchmarks/bench_row_quantiles.py
 	$(BIN)/python benchmarks/bench_plan.py

@@ -44,3 +44,39 @@ def test_a_study_of_8_model_sources_and_20_families_plans_in_under_30_seconds():
     assert (summary["families"], summary["model_sources"]) == (20, 8)
     assert summary["jobs"] > 8 * 4 + 20 * 3  # extraction, statistics, fit, figures per source at least
     assert summary["plan_seconds"] < 30, run.stdout
+
+
+def _kernel_bound():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_kernel_bound
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return bench_kernel_bound
+
+
+def test_kernel_bound_counts_every_key_of_every_level_where_no_term_is_negligible():
+    import numpy as np
+
+    from critscale import kernels, rowsort
+    from critscale.gapstats import Grids
+
+    bound = _kernel_bound()
+    rows = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    gaps, keys = np.empty((2, 256)), np.empty(2, dtype=np.int64)
+    kernels.gaps_of_sorted(rowsort.ascending(rows), gaps, keys)
+    tiny = Grids(t=[0.5], resolutions=[1.0], beta=[1e-6, 2e-6, 4e-6, 8e-6, 1.6e-5], rho=[1e-6, 2e-6])
+    assert bound.row_work(gaps[0], 256, tiny) == (2 * 256, 7 * 256)  # one chain each, every key at every level
+    steep = Grids(t=[0.5], resolutions=[1.0], beta=[100.0, 200.0, 400.0, 800.0, 1600.0], rho=[1e-6])
+    exponentials, summed = bound.row_work(gaps[0], 256, steep)
+    assert exponentials == 2 * 256 and summed - 256 < 5 * 256  # rho keeps all 256; the large betas' cutoffs drop keys
+
+
+@pytest.mark.slow
+def test_kernel_bound_benchmark_reports_parts_counts_and_bound():
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_kernel_bound.py"), "--n", "256", "--elements", "16384",
+                          "--count-rows", "4", "--repeats", "1"], capture_output=True, text=True, check=True)
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["machine"]["numba"]["cpu"] and summary["clock_hz"] > 1e8
+    assert set(summary["us_per_row"]) >= {"read", "sort", "floor", "library", "kernel", "responses"}
+    assert summary["bound"]["library_us"] > summary["us_per_row"]["sort"] > 0
