@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 from numba import njit
 
-from bench_gapstats import GRIDS, floor, make_store
+from bench_gapstats import GRIDS, floor, make_store, timed
 from critscale import kernels, rowsort
 from critscale.gapstats import Grids, pack
 from machine import describe, summary_line
@@ -56,7 +55,7 @@ def multiply_rate(keys: int = 1024, rounds: int = 20000) -> float:
     """Float64 multiplies a second of one thread at its best: 16 a key over a vector in L1."""
     values, out = np.random.default_rng(0).random(keys), np.empty(keys)
     _products(values, out, 1)
-    return 16 * keys * rounds / min(_timed(lambda: _products(values, out, rounds)) for _ in range(5))
+    return 16 * keys * rounds / min(timed(lambda: _products(values, out, rounds)) for _ in range(5))
 
 
 def row_work(gaps: np.ndarray, m: int, grids: Grids) -> tuple[int, int]:
@@ -90,15 +89,9 @@ def row_work(gaps: np.ndarray, m: int, grids: Grids) -> tuple[int, int]:
     return exponentials, summed
 
 
-def _timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
 def _per_row(function, rows: int, repeats: int) -> float:
     function()
-    return min(_timed(function) for _ in range(repeats)) / rows * 1e6
+    return min(timed(function) for _ in range(repeats)) / rows * 1e6
 
 
 def parts_us(values: np.ndarray, store: Path, repeats: int) -> dict[str, float]:
