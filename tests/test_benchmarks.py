@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -12,12 +13,18 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
-def test_machine_description_names_cpu_simd_and_numba_target():
+def _benchmark(name: str):
+    """A module of benchmarks/ (which imports its neighbours as top-level modules)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from machine import describe, summary_line
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def test_machine_description_names_cpu_simd_and_numba_target():
+    machine_module = _benchmark("machine")
+    describe, summary_line = machine_module.describe, machine_module.summary_line
     machine = describe(idle=0.1)
     assert machine["cores"] >= 1 and machine["cpu"]
     touch = machine["first_touch"]
@@ -46,22 +53,13 @@ def test_a_study_of_8_model_sources_and_20_families_plans_in_under_30_seconds():
     assert summary["plan_seconds"] < 30, run.stdout
 
 
-def _kernel_bound():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_kernel_bound
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_kernel_bound
-
-
 def test_kernel_bound_counts_every_key_of_every_level_where_no_term_is_negligible():
     import numpy as np
 
     from critscale import kernels, rowsort
     from critscale.gapstats import Grids
 
-    bound = _kernel_bound()
+    bound = _benchmark("bench_kernel_bound")
     rows = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
     gaps, keys = np.empty((2, 256)), np.empty(2, dtype=np.int64)
     kernels.gaps_of_sorted(rowsort.ascending(rows), gaps, keys)

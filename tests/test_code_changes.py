@@ -5,6 +5,9 @@ params, not on file times."""
 import ast
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,10 +199,6 @@ print(float(terms[1]), sum(kernels._exp_neg.stats.cache_hits.values()))
 def test_editing_an_intrinsic_makes_the_kernels_cached_machine_code_stale(tmp_path):
     """numba would keep kernels.py's cached code after vector_intrinsics.py changed (it stamps a
     cache by its own file only): power_of_two is inlined in _exp_neg, so doubling it must show."""
-    import shutil
-    import subprocess
-    import sys
-
     shutil.copytree(storage.PACKAGE_DIR, tmp_path / "critscale", ignore=shutil.ignore_patterns("__pycache__"))
 
     def exp_neg_half():

@@ -407,9 +407,10 @@ def _stale_with(*modules) -> None:
     numba has no public hook for it; the stamp is the one its cache index compares on load."""
     digest = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in modules)).hexdigest()
     for function in list(globals().values()):
-        index = getattr(getattr(function, "_cache", None), "_cache_file", None) if isinstance(function, Dispatcher) else None
-        if index is not None and function.py_func.__module__ == __name__:
-            index._source_stamp = (index._source_stamp, digest)
+        if isinstance(function, Dispatcher) and function.py_func.__module__ == __name__:
+            index = getattr(function._cache, "_cache_file", None)  # none where caching is off
+            if index is not None:
+                index._source_stamp = (index._source_stamp, digest)
 
 
 _stale_with(vector_intrinsics)
