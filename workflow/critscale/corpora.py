@@ -199,8 +199,8 @@ def _r_lazyload_documents(index: Path) -> list[str]:
     is a zlib block after a 4-byte length at the offset the index gives (R's lazyLoadDBinsert)."""
     import rdata
 
-    def parse(raw: bytes):
-        return rdata.conversion.convert(rdata.parser.parse_data(raw, expand_altrep=True))
+    def parse(raw: bytes):  # each object is one R serialization, as in an .rds file (saying so keeps rdata from warning)
+        return rdata.conversion.convert(rdata.parser.parse_data(raw, expand_altrep=True, extension=".rds"))
 
     variables = parse(gzip.decompress(index.read_bytes()))["variables"]
     database = index.with_suffix(".rdb").read_bytes()
