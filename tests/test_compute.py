@@ -319,3 +319,30 @@ def test_a_lazy_write_that_xarray_would_encode_is_an_error(tmp_path):
     plain = storage.write_dataset(ds, tmp_path / "plain.zarr", compute=False)
     dask.compute(plain, scheduler="processes", num_workers=2)  # targets pickled once the metadata is in
     assert storage.open_store(tmp_path / "plain.zarr").x.values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_late_attributes_wait_for_nothing_and_are_written_as_if_known_at_once(tmp_path):
+    """``late_attrs`` (how the stage adds its input's checksum) gives the files of the same
+    attributes set before the write, and in a lazy write the chunks compute while it waits:
+    here it waits for a block to have run, which would never happen if the write waited for it."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    block_ran = threading.Event()
+
+    def mark(block):
+        block_ran.set()
+        return block
+
+    def late() -> dict:
+        return {"checksum": "sha256:0", "block_ran_first": block_ran.wait(timeout=30)}
+
+    data = da.arange(8.0, chunks=4).map_blocks(mark, dtype=float, meta=np.empty(0))  # mark runs only in the write
+    ds = xr.Dataset({"x": ("i", data)}, attrs={"source": "test"})
+    dask.compute(storage.write_dataset(ds, tmp_path / "late.zarr", compute=False, late_attrs=late), scheduler="threads", num_workers=2)
+    known = ds.assign_attrs(checksum="sha256:0", block_ran_first=True)
+    storage.write_dataset(known, tmp_path / "known.zarr")
+    storage.write_dataset(ds, tmp_path / "eager.zarr", late_attrs=late)
+    assert store_files(tmp_path / "late.zarr") == store_files(tmp_path / "known.zarr") == store_files(tmp_path / "eager.zarr")

@@ -30,6 +30,7 @@ import re
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,19 +225,23 @@ def portable_strings(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign({name: ds[name].astype(object) for name in text}) if text else ds
 
 
-def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict | None = None):
+def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict | None = None,
+                  late_attrs: Callable[[], dict] | None = None):
     """Write ``ds`` to a fresh Zarr store at ``path`` (any existing store there is replaced).
 
     With ``compute=False`` returns the Dask delayed object of the write, so the caller chooses the
     scheduler; the metadata is meanwhile written by a thread of its own (:func:`_lazy_zarr_write`).
+    ``late_attrs`` returns attributes added to ``ds``'s, last: with ``compute=False`` that thread
+    calls it, so what they wait for (a checksum being hashed) no longer holds up the computation.
     """
     ds, encoding = _prepared(ds, path, encoding)
     if compute:
+        ds = ds.assign_attrs(late_attrs() if late_attrs else {})
         with quiet_consolidation():
             write = ds.to_zarr(str(path), mode="w", consolidated=True, encoding=encoding, zarr_format=3)
         write_manifest(path)
         return write
-    write = _lazy_zarr_write(ds, Path(path), encoding)
+    write = _lazy_zarr_write(ds, Path(path), encoding, late_attrs)
     # The store is complete only once the delayed write has run: the manifest comes after it.
     return dask.delayed(_manifest_after)(write, path)
 
@@ -279,7 +284,7 @@ class _StoreTarget:
         return _StoreTarget, (None, self.path, self.name, self.opened())
 
 
-def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict):
+def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict, late_attrs: Callable[[], dict] | None):
     """``ds.to_zarr(path, mode="w", consolidated=True, compute=False, zarr_format=3)``, the same
     files byte for byte, with the metadata written by a thread (:func:`_write_metadata`) while the
     caller computes: Zarr takes about 2 ms of Python to create an array and write its attributes,
@@ -287,7 +292,7 @@ def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict):
     Returns the delayed writes of the Dask-backed variables, each of which waits for the metadata."""
     lazy = [name for name, var in ds.variables.items() if dask.is_dask_collection(var.data)]
     metadata = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-metadata")
-    group = metadata.submit(_write_metadata, ds, path, encoding, lazy)
+    group = metadata.submit(_write_metadata, ds, path, encoding, lazy, late_attrs)
     metadata.shutdown(wait=False)  # its thread ends with the metadata
     if not lazy:
         group.result()
@@ -295,16 +300,19 @@ def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict):
     return dask.array.store([ds[name].data for name in lazy], targets, lock=False, compute=False)
 
 
-def _write_metadata(ds: xr.Dataset, path: Path, encoding: dict, lazy: list[str]) -> zarr.Group:
+def _write_metadata(ds: xr.Dataset, path: Path, encoding: dict, lazy: list[str],
+                    late_attrs: Callable[[], dict] | None = None) -> zarr.Group:
     """Write the metadata and the in-memory variables of ``ds`` at ``path`` as ``to_zarr`` writes
-    them, made by xarray's own writer in a Zarr memory store and then written as files in one go
-    (through Zarr's asynchronous local store xarray creates each array and then writes its
-    attributes, 3 ms an array), and return the store's group.  The Dask-backed variables ``lazy``
+    them, with the attributes of ``late_attrs`` added last, made by xarray's own writer in a Zarr
+    memory store and then written as files in one go (through Zarr's asynchronous local store
+    xarray creates each array and then writes its attributes, 3 ms an array), and return the
+    store's group.  The Dask-backed variables ``lazy``
     are left to the caller's write; xarray must leave them as they are (no encoding of their
     values), which is checked."""
     from xarray.backends.common import ArrayWriter
     from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 
+    ds = ds.assign_attrs(late_attrs() if late_attrs else {})
     documents = {}
     writer = ArrayWriter()
     with quiet_consolidation():
