@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
+
+#: Feature bit of virtio-balloon's free page reporting (Linux ``include/uapi/linux/virtio_balloon.h``).
+_BALLOON_REPORTING_BIT = 5
 
 
 def _cpu_model() -> str:
@@ -57,20 +61,48 @@ def _first_touch(idle: float, mib: int = 64) -> dict:
     return {"recycled_ms_per_mib": recycled, "after_idle_ms_per_mib": fill(), "idle_seconds": idle}
 
 
+def _idle_memory_policy(sysfs: Path = Path("/sys")) -> dict:
+    """What the kernel does with memory left idle, which makes fresh memory cost: virtio-balloon
+    free page reporting (freed pages handed back to the host) and the DAMON schemes at work (their
+    action and the idle seconds after which they act; the README's host pages out page cache left
+    untouched for 60 s).  What cannot be read counts as absent."""
+    def read(path: Path) -> str:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return ""
+
+    reporting = any(read(features)[_BALLOON_REPORTING_BIT:_BALLOON_REPORTING_BIT + 1] == "1"
+                    for features in sysfs.glob("bus/virtio/drivers/virtio_balloon/*/features"))
+    schemes = []
+    for kdamond in sysfs.glob("kernel/mm/damon/admin/kdamonds/[0-9]*"):
+        for context in kdamond.glob("contexts/[0-9]*") if read(kdamond / "state") == "on" else ():
+            aggregation_us = int(read(context / "monitoring_attrs/intervals/aggr_us") or 0)
+            for scheme in context.glob("schemes/[0-9]*"):
+                min_age = int(read(scheme / "access_pattern/age/min") or 0)
+                schemes.append({"action": read(scheme / "action"), "idle_seconds": min_age * aggregation_us / 1e6})
+    return {"free_page_reporting": reporting, "damon_schemes": schemes}
+
+
 def describe(idle: float = 3.0) -> dict:
     """CPU model, logical cores, numpy's SIMD level, numba's target, the thread settings and what
-    fresh memory costs (:func:`_first_touch` after ``idle`` seconds)."""
+    fresh memory costs (:func:`_first_touch` after ``idle`` seconds, and the kernel's policy for idle
+    memory)."""
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "numpy_simd": _numpy_simd(), "numba": _numba_target(),
             "threads_env": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if name in os.environ},
-            "first_touch": _first_touch(idle)}
+            "first_touch": _first_touch(idle),
+            "idle_memory": _idle_memory_policy()}
 
 
 def summary_line(machine: dict) -> str:
-    simd, touch = machine["numpy_simd"], machine["first_touch"]
+    simd, touch, idle = machine["numpy_simd"], machine["first_touch"], machine["idle_memory"]
+    policy = ["free pages reported to the host"] if idle["free_page_reporting"] else []
+    policy += [f"DAMON {scheme['action']} after {scheme['idle_seconds']:g} s idle" for scheme in idle["damon_schemes"]]
     return (f"machine: {machine['cpu']}, {machine['cores']} cores; numpy SIMD {simd['best']} "
             f"(AVX-512 {'yes' if simd['avx512'] else 'no'}); numba target {machine['numba']['cpu']}, "
             f"{machine['numba']['threads']} threads; filling freed memory {touch['recycled_ms_per_mib']:.2f} ms/MiB "
-            f"at once, {touch['after_idle_ms_per_mib']:.2f} after {touch['idle_seconds']:.0f} s idle")
+            f"at once, {touch['after_idle_ms_per_mib']:.2f} after {touch['idle_seconds']:.0f} s idle; "
+            f"idle memory: {', '.join(policy) or 'kept'}")
 
 
 if __name__ == "__main__":

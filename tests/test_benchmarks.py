@@ -34,6 +34,33 @@ def test_machine_description_names_cpu_simd_and_numba_target():
     assert machine["numpy_simd"]["best"] in summary_line(machine)
 
 
+def test_machine_description_reads_the_kernels_policy_for_idle_memory(tmp_path):
+    """Free page reporting and DAMON schemes (which make fresh memory cost on the README's host)
+    read from a sysfs tree; a tree without them, or one that cannot be read, reports none."""
+    machine_module = _benchmark("machine")
+    balloon = tmp_path / "bus/virtio/drivers/virtio_balloon/virtio0"
+    balloon.mkdir(parents=True)
+    (balloon / "features").write_text("0110010100000000000000000000000010000000\n")
+    kdamond = tmp_path / "kernel/mm/damon/admin/kdamonds/0"
+    scheme = kdamond / "contexts/0/schemes/0"
+    (scheme / "access_pattern/age").mkdir(parents=True)
+    (kdamond / "contexts/0/monitoring_attrs/intervals").mkdir(parents=True)
+    (kdamond / "state").write_text("on\n")
+    (kdamond / "contexts/0/monitoring_attrs/intervals/aggr_us").write_text("5000000\n")
+    (scheme / "access_pattern/age/min").write_text("12\n")
+    (scheme / "action").write_text("pageout\n")
+    policy = machine_module._idle_memory_policy(tmp_path)
+    assert policy == {"free_page_reporting": True, "damon_schemes": [{"action": "pageout", "idle_seconds": 60.0}]}
+    (kdamond / "state").write_text("off\n")
+    (balloon / "features").write_text("0110000100\n")
+    assert machine_module._idle_memory_policy(tmp_path) == {"free_page_reporting": False, "damon_schemes": []}
+    assert machine_module._idle_memory_policy(tmp_path / "absent") == {"free_page_reporting": False, "damon_schemes": []}
+    machine = machine_module.describe(idle=0.0)
+    for idle_memory, said in ((policy, "free pages reported to the host, DAMON pageout after 60 s idle"),
+                              ({"free_page_reporting": False, "damon_schemes": []}, "kept")):
+        assert machine_module.summary_line(machine | {"idle_memory": idle_memory}).endswith(f"idle memory: {said}")
+
+
 @pytest.mark.slow
 def test_gapstats_benchmark_reports_machine_and_rates():
     run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_gapstats.py"), "--n", "64", "--elements", "4096",
