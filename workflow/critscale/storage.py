@@ -306,9 +306,8 @@ def _write_metadata(ds: xr.Dataset, path: Path, encoding: dict, lazy: list[str],
     them, with the attributes of ``late_attrs`` added last, made by xarray's own writer in a Zarr
     memory store and then written as files in one go (through Zarr's asynchronous local store
     xarray creates each array and then writes its attributes, 3 ms an array), and return the
-    store's group.  The Dask-backed variables ``lazy``
-    are left to the caller's write; xarray must leave them as they are (no encoding of their
-    values), which is checked."""
+    store's group.  The Dask-backed variables ``lazy`` are left to the caller's write; xarray must
+    leave them as they are (no encoding of their values), which is checked."""
     from xarray.backends.common import ArrayWriter
     from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 
