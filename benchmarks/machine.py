@@ -76,7 +76,9 @@ def _idle_memory_policy(sysfs: Path = Path("/sys")) -> dict:
                     for features in sysfs.glob("bus/virtio/drivers/virtio_balloon/*/features"))
     schemes = []
     for kdamond in sysfs.glob("kernel/mm/damon/admin/kdamonds/[0-9]*"):
-        for context in kdamond.glob("contexts/[0-9]*") if read(kdamond / "state") == "on" else ():
+        if read(kdamond / "state") != "on":
+            continue
+        for context in kdamond.glob("contexts/[0-9]*"):
             aggregation_us = int(read(context / "monitoring_attrs/intervals/aggr_us") or 0)
             for scheme in context.glob("schemes/[0-9]*"):
                 min_age = int(read(scheme / "access_pattern/age/min") or 0)

@@ -226,17 +226,17 @@ def portable_strings(ds: xr.Dataset) -> xr.Dataset:
 
 
 def write_dataset(ds: xr.Dataset, path, *, compute: bool = True, encoding: dict | None = None,
-                  late_attrs: Callable[[], dict] | None = None):
+                  late_attrs: Callable[[], dict] = dict):
     """Write ``ds`` to a fresh Zarr store at ``path`` (any existing store there is replaced).
 
     With ``compute=False`` returns the Dask delayed object of the write, so the caller chooses the
     scheduler; the metadata is meanwhile written by a thread of its own (:func:`_lazy_zarr_write`).
-    ``late_attrs`` returns attributes added to ``ds``'s, last: with ``compute=False`` that thread
-    calls it, so what they wait for (a checksum being hashed) no longer holds up the computation.
+    ``late_attrs`` returns attributes added to ``ds``'s, last (by default none): with
+    ``compute=False`` that thread calls it, so what they wait for (a checksum being hashed) no longer holds up the computation.
     """
     ds, encoding = _prepared(ds, path, encoding)
     if compute:
-        ds = ds.assign_attrs(late_attrs() if late_attrs else {})
+        ds = ds.assign_attrs(late_attrs())
         with quiet_consolidation():
             write = ds.to_zarr(str(path), mode="w", consolidated=True, encoding=encoding, zarr_format=3)
         write_manifest(path)
@@ -284,7 +284,7 @@ class _StoreTarget:
         return _StoreTarget, (None, self.path, self.name, self.opened())
 
 
-def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict, late_attrs: Callable[[], dict] | None):
+def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict, late_attrs: Callable[[], dict]):
     """``ds.to_zarr(path, mode="w", consolidated=True, compute=False, zarr_format=3)``, the same
     files byte for byte, with the metadata written by a thread (:func:`_write_metadata`) while the
     caller computes: Zarr takes about 2 ms of Python to create an array and write its attributes,
@@ -301,7 +301,7 @@ def _lazy_zarr_write(ds: xr.Dataset, path: Path, encoding: dict, late_attrs: Cal
 
 
 def _write_metadata(ds: xr.Dataset, path: Path, encoding: dict, lazy: list[str],
-                    late_attrs: Callable[[], dict] | None = None) -> zarr.Group:
+                    late_attrs: Callable[[], dict] = dict) -> zarr.Group:
     """Write the metadata and the in-memory variables of ``ds`` at ``path`` as ``to_zarr`` writes
     them, with the attributes of ``late_attrs`` added last, made by xarray's own writer in a Zarr
     memory store and then written as files in one go (through Zarr's asynchronous local store
@@ -311,7 +311,7 @@ def _write_metadata(ds: xr.Dataset, path: Path, encoding: dict, lazy: list[str],
     from xarray.backends.common import ArrayWriter
     from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 
-    ds = ds.assign_attrs(late_attrs() if late_attrs else {})
+    ds = ds.assign_attrs(late_attrs())
     documents = {}
     writer = ArrayWriter()
     with quiet_consolidation():
